@@ -1,0 +1,521 @@
+/* One connection, from accept to close: the state machine of proxy.h.
+ *
+ *   accept -> source ACL -> [TLS handshake: identity, authorization, limits
+ *   in the verify callback] -> pick + connect (retry next server) -> relay
+ *   -> close (counters down, one log line)
+ *
+ * Each stage is a small function; conn_close() is the only exit and the only
+ * place that releases what a connection holds, so no error path can leak a
+ * counter, an fd or a pipe. */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+
+#include "common.h"
+#include "log.h"
+#include "proxy.h"
+#include "tls.h"
+
+#define SIDE_EVENTS (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
+
+static void conn_connect_next(struct sluice_conn *c);
+static void conn_relay_start(struct sluice_conn *c);
+
+static const struct sluice_config *conn_cfg(const struct sluice_conn *c)
+{
+	return c->w->proxy->cfg;
+}
+
+static struct sluice_pool *conn_pool(const struct sluice_conn *c)
+{
+	return &c->w->proxy->pools[c->l->cfg->upstream];
+}
+
+static uint64_t deadline(uint64_t now, uint64_t timeout_ms)
+{
+	return timeout_ms ? now + timeout_ms : UINT64_MAX;
+}
+
+static void conn_arm(struct sluice_conn *c, uint64_t when)
+{
+	if (when == UINT64_MAX) {
+		sluice_timer_cancel(c->w->loop, &c->timer);
+		return;
+	}
+	/* Only fails on allocation; the connection then has no deadline,
+	 * which the drain deadline still bounds. */
+	if (sluice_timer_set(c->w->loop, &c->timer, when) < 0)
+		sluice_log(SLUICE_LOG_WARN, "timer", "cannot arm a deadline: out of memory");
+}
+
+/* ---- close: the one exit ---- */
+
+static void side_close(struct sluice_conn *c, struct sluice_side *s)
+{
+	if (s->ssl) {
+		SSL_free(s->ssl);
+		s->ssl = NULL;
+	}
+	if (s->io.fd >= 0) {
+		sluice_loop_del(c->w->loop, &s->io);
+		close(s->io.fd);
+		s->io.fd = -1;
+	}
+}
+
+static const char *datapath_name(enum sluice_datapath d)
+{
+	switch (d) {
+	case SLUICE_DP_SPLICE: return "splice";
+	case SLUICE_DP_USERSPACE: return "userspace";
+	default: return NULL;
+	}
+}
+
+static void conn_log(struct sluice_conn *c)
+{
+	const struct sluice_config *cfg = conn_cfg(c);
+	struct sluice_logline l;
+	char addr[80];
+
+	if (!sluice_log_enabled(SLUICE_LOG_INFO))
+		return;
+	sluice_logline_begin(&l, SLUICE_LOG_INFO, "close");
+	sluice_logline_str(&l, "listener", c->l->cfg->name);
+	sluice_logline_str(&l, "client", sluice_addr_str((struct sockaddr *)&c->peer.ss, addr, sizeof(addr)));
+	sluice_logline_str(&l, "identity", c->id_name[0] ? c->id_name : NULL);
+	sluice_logline_str(&l, "upstream",
+	                   c->server >= 0 ? cfg->upstreams[c->l->cfg->upstream].servers[c->server].address : NULL);
+	sluice_logline_u64(&l, "bytes_in", c->c2u.bytes);
+	sluice_logline_u64(&l, "bytes_out", c->u2c.bytes);
+	sluice_logline_u64(&l, "duration_ms", sluice_now_ms() - c->start_ms);
+	sluice_logline_str(&l, "datapath", datapath_name(c->datapath));
+	if (c->client.ssl && SSL_is_init_finished(c->client.ssl)) {
+		sluice_logline_str(&l, "tls_version", SSL_get_version(c->client.ssl));
+		sluice_logline_str(&l, "cipher", SSL_get_cipher_name(c->client.ssl));
+	}
+	sluice_logline_str(&l, "result", c->result);
+	if (c->detail[0])
+		sluice_logline_str(&l, "detail", c->detail);
+	sluice_logline_emit(&l);
+}
+
+void sluice_conn_close(struct sluice_conn *c, const char *result, const char *detail)
+{
+	struct sluice_worker *w = c->w;
+
+	if (c->state == SLUICE_CONN_CLOSED)
+		return;
+	if (!c->result) {
+		c->result = result;
+		if (detail)
+			snprintf(c->detail, sizeof(c->detail), "%s", detail);
+	}
+	conn_log(c);
+
+	sluice_timer_cancel(w->loop, &c->timer);
+	sluice_relay_release(c);
+	side_close(c, &c->client);
+	side_close(c, &c->upstream);
+	if (c->server >= 0) {
+		sluice_pool_release(conn_pool(c), (unsigned)c->server);
+		c->server = -1;
+	}
+	if (c->limit_ref) {
+		sluice_limits_release(w->proxy->limits, c->limit_ref);
+		c->limit_ref = NULL;
+	}
+	sluice_identity_clear(&c->id);
+
+	/* live list -> graveyard: queued events for this connection may still
+	 * be dispatched in this iteration; they see CLOSED and return. */
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		w->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	c->state = SLUICE_CONN_CLOSED;
+	c->next = w->graveyard;
+	c->prev = NULL;
+	w->graveyard = c;
+	w->n_conns--;
+	sluice_worker_conn_gone(w);
+}
+
+/* ---- admission: identity -> authorization -> limits ---- */
+
+/* Returns 0 when admitted; otherwise sets result/detail and returns -1. */
+static int conn_admit(struct sluice_conn *c)
+{
+	const struct sluice_config *cfg = conn_cfg(c);
+	const struct sluice_client_cfg *cl;
+	unsigned pool = c->l->cfg->upstream;
+	enum sluice_limit_result lr;
+	int idx;
+
+	idx = sluice_identity_find_client(cfg, &c->id);
+	if (idx < 0) {
+		sluice_identity_name(&c->id, NULL, c->id_name, sizeof(c->id_name));
+		c->result = "unauthorized";
+		snprintf(c->detail, sizeof(c->detail), "no clients entry matches");
+		return -1;
+	}
+	cl = &cfg->clients[idx];
+	c->client_idx = idx;
+	sluice_identity_name(&c->id, cl, c->id_name, sizeof(c->id_name));
+	if (!(cl->allow_mask & (UINT64_C(1) << pool))) {
+		c->result = "unauthorized";
+		snprintf(c->detail, sizeof(c->detail), "client entry \"%s\" does not allow upstream \"%s\"",
+		         cl->id, cfg->upstreams[pool].name);
+		return -1;
+	}
+	lr = sluice_limits_acquire(c->w->proxy->limits, (unsigned)idx, cl, c->id_name, sluice_now_ms(),
+	                           &c->limit_ref);
+	if (lr == SLUICE_LIMIT_MAX_CONNS) {
+		c->result = "max_conns";
+		snprintf(c->detail, sizeof(c->detail), "max_conns %u reached", cl->max_conns);
+		return -1;
+	}
+	if (lr == SLUICE_LIMIT_RATE) {
+		c->result = "conn_rate";
+		snprintf(c->detail, sizeof(c->detail), "conn_rate %u/s burst %u exceeded", cl->conn_rate,
+		         cl->conn_burst);
+		return -1;
+	}
+	c->admitted = true;
+	return 0;
+}
+
+/* Runs inside SSL_accept for each certificate of the client's chain.  At the
+ * leaf, once OpenSSL has verified the chain (and CRL), the connection is
+ * admitted or refused here, so a refusal reaches the client as a TLS alert
+ * instead of a bare close. */
+int sluice_conn_verify_cb(int preverify_ok, X509_STORE_CTX *ctx)
+{
+	SSL *ssl = X509_STORE_CTX_get_ex_data(ctx, SSL_get_ex_data_X509_STORE_CTX_idx());
+	struct sluice_conn *c = ssl ? SSL_get_app_data(ssl) : NULL;
+
+	if (!c)
+		return 0;
+	if (!preverify_ok) {
+		if (!c->detail[0])
+			snprintf(c->detail, sizeof(c->detail), "%s",
+			         X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx)));
+		return 0;
+	}
+	if (X509_STORE_CTX_get_error_depth(ctx) != 0 || c->admitted)
+		return 1;
+	if (sluice_identity_from_cert(&c->id, X509_STORE_CTX_get_current_cert(ctx)) < 0) {
+		c->result = "internal";
+		snprintf(c->detail, sizeof(c->detail), "out of memory reading identity");
+	} else if (conn_admit(c) == 0) {
+		return 1;
+	}
+	X509_STORE_CTX_set_error(ctx, X509_V_ERR_APPLICATION_VERIFICATION);
+	return 0;
+}
+
+/* ---- handshake ---- */
+
+static void conn_handshake(struct sluice_conn *c)
+{
+	char reason[200];
+	int r, e;
+
+	ERR_clear_error();
+	r = SSL_accept(c->client.ssl);
+	if (r == 1) {
+		if (!c->admitted) {
+			/* Every handshake is full (no resumption), so the verify
+			 * callback has run; this guards the invariant anyway. */
+			sluice_conn_close(c, "unauthorized", "handshake completed without admission");
+			return;
+		}
+		conn_connect_next(c);
+		return;
+	}
+	e = SSL_get_error(c->client.ssl, r);
+	if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+		return;
+	if (c->result) {
+		/* Refused by admission: OpenSSL has sent the alert. */
+		ERR_clear_error();
+		sluice_conn_close(c, c->result, NULL);
+		return;
+	}
+	/* The verify callback's reason (expired, revoked, unknown CA) is more
+	 * precise than OpenSSL's generic "certificate verify failed". */
+	if (c->detail[0]) {
+		ERR_clear_error();
+		sluice_conn_close(c, "tls_handshake", NULL);
+		return;
+	}
+	sluice_conn_close(c, "tls_handshake",
+	                  sluice_tls_error_reason(c->client.ssl, r, reason, sizeof(reason)));
+}
+
+/* ---- connect ---- */
+
+static void note_connect_error(struct sluice_conn *c, const char *addr, const char *why)
+{
+	size_t n = strlen(c->connect_errors);
+
+	snprintf(c->connect_errors + n, sizeof(c->connect_errors) - n, "%s%s: %s", n ? "; " : "", addr,
+	         why);
+}
+
+static void conn_connect_failed(struct sluice_conn *c, const char *why)
+{
+	const struct sluice_server_cfg *s = &conn_cfg(c)->upstreams[c->l->cfg->upstream].servers[c->server];
+
+	note_connect_error(c, s->address, why);
+	sluice_timer_cancel(c->w->loop, &c->timer);
+	side_close(c, &c->upstream);
+	sluice_pool_release(conn_pool(c), (unsigned)c->server);
+	c->server = -1;
+	conn_connect_next(c);
+}
+
+static void conn_connected(struct sluice_conn *c)
+{
+	int err = 0;
+	socklen_t len = sizeof(err);
+
+	if (getsockopt(c->upstream.io.fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+		err = errno;
+	if (err) {
+		conn_connect_failed(c, strerror(err));
+		return;
+	}
+	conn_relay_start(c);
+}
+
+static void conn_connect_next(struct sluice_conn *c)
+{
+	struct sluice_pool *pool = conn_pool(c);
+	const struct sluice_upstream_cfg *up = pool->cfg;
+	int one = 1;
+
+	c->state = SLUICE_CONN_CONNECT;
+	for (;;) {
+		const struct sluice_server_cfg *s;
+		int srv = sluice_pool_pick(pool, c->tried);
+		int fd;
+
+		if (srv < 0) {
+			sluice_conn_close(c, "no_upstream", c->connect_errors[0] ? c->connect_errors
+			                                                          : "no server to try");
+			return;
+		}
+		s = &up->servers[srv];
+		c->server = srv;
+		c->tried |= UINT64_C(1) << srv;
+		fd = socket(s->sa.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		if (fd < 0) {
+			/* EMFILE/ENFILE/ENOBUFS: this proxy is out of resources; the
+			 * next server would fail the same way. */
+			note_connect_error(c, s->address, strerror(errno));
+			sluice_pool_release(pool, (unsigned)srv);
+			c->server = -1;
+			sluice_conn_close(c, "no_upstream", c->connect_errors);
+			return;
+		}
+		/* Proxied streams are latency-sensitive request/response traffic
+		 * as often as bulk; Nagle would add a delayed-ACK round trip. */
+		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		c->upstream.io.fd = fd;
+		if (connect(fd, (const struct sockaddr *)&s->sa.ss, s->sa.len) == 0 || errno == EINPROGRESS) {
+			if (sluice_loop_add(c->w->loop, &c->upstream.io, SIDE_EVENTS) < 0) {
+				note_connect_error(c, s->address, strerror(errno));
+				close(fd);
+				c->upstream.io.fd = -1;
+				sluice_pool_release(pool, (unsigned)srv);
+				c->server = -1;
+				sluice_conn_close(c, "no_upstream", c->connect_errors);
+				return;
+			}
+			/* Completion (or failure) arrives as EPOLLOUT/EPOLLERR. */
+			conn_arm(c, deadline(sluice_now_ms(), c->l->cfg->timeouts.connect_ms));
+			return;
+		}
+		/* ECONNREFUSED, ENETUNREACH, EADDRNOTAVAIL (no local port left):
+		 * this server is unusable right now; try the next. */
+		note_connect_error(c, s->address, strerror(errno));
+		close(fd);
+		c->upstream.io.fd = -1;
+		sluice_pool_release(pool, (unsigned)srv);
+		c->server = -1;
+	}
+}
+
+/* ---- relay ---- */
+
+static void conn_relay_arm(struct sluice_conn *c)
+{
+	const struct sluice_timeouts *t = &c->l->cfg->timeouts;
+	uint64_t idle = deadline(c->last_active_ms, t->idle_ms);
+	uint64_t life = deadline(c->start_ms, t->lifetime_ms);
+
+	conn_arm(c, idle < life ? idle : life);
+}
+
+static void conn_relay(struct sluice_conn *c)
+{
+	switch (sluice_relay_pump(c)) {
+	case SLUICE_RELAY_WAIT:
+		return;
+	case SLUICE_RELAY_MORE:
+		sluice_loop_defer(c->w->loop, &c->client.io);
+		return;
+	case SLUICE_RELAY_DONE:
+		sluice_conn_close(c, "ok", NULL);
+		return;
+	case SLUICE_RELAY_ERR:
+		sluice_conn_close(c, c->result ? c->result : "error", NULL);
+		return;
+	}
+}
+
+static void conn_relay_start(struct sluice_conn *c)
+{
+	c->state = SLUICE_CONN_RELAY;
+	c->datapath = c->client.ssl ? SLUICE_DP_USERSPACE : SLUICE_DP_SPLICE;
+	c->last_active_ms = sluice_now_ms();
+	conn_relay_arm(c);
+	/* Bytes may already be waiting (sent with the client's Finished, or
+	 * during the connect) and their edge has passed: pump now. */
+	conn_relay(c);
+}
+
+/* ---- events and deadlines ---- */
+
+static void conn_on_event(struct sluice_io *io, uint32_t events)
+{
+	struct sluice_side *s = (struct sluice_side *)io;
+	struct sluice_conn *c = s->conn;
+
+	(void)events;
+	switch (c->state) {
+	case SLUICE_CONN_HANDSHAKE:
+		if (s == &c->client)
+			conn_handshake(c);
+		return;
+	case SLUICE_CONN_CONNECT:
+		/* Client bytes wait in its socket until the relay starts. */
+		if (s == &c->upstream)
+			conn_connected(c);
+		return;
+	case SLUICE_CONN_RELAY:
+		conn_relay(c);
+		return;
+	case SLUICE_CONN_CLOSED:
+		return;
+	}
+}
+
+static void conn_on_timer(struct sluice_timer *t)
+{
+	struct sluice_conn *c = (struct sluice_conn *)((char *)t - offsetof(struct sluice_conn, timer));
+	const struct sluice_timeouts *to = &c->l->cfg->timeouts;
+	uint64_t now = sluice_now_ms();
+
+	switch (c->state) {
+	case SLUICE_CONN_HANDSHAKE:
+		sluice_conn_close(c, "timeout_handshake", NULL);
+		return;
+	case SLUICE_CONN_CONNECT:
+		conn_connect_failed(c, "connect timeout");
+		return;
+	case SLUICE_CONN_RELAY:
+		if (to->lifetime_ms && now >= c->start_ms + to->lifetime_ms) {
+			sluice_conn_close(c, "timeout_lifetime", NULL);
+			return;
+		}
+		if (to->idle_ms && now >= c->last_active_ms + to->idle_ms) {
+			sluice_conn_close(c, "timeout_idle", NULL);
+			return;
+		}
+		/* Bytes moved since the deadline was set: push it out.  This is
+		 * cheaper than re-arming the timer on every transfer. */
+		conn_relay_arm(c);
+		return;
+	case SLUICE_CONN_CLOSED:
+		return;
+	}
+}
+
+/* ---- accept ---- */
+
+void sluice_conn_accept(struct sluice_listener *l, int fd, const struct sluice_sockaddr *peer)
+{
+	struct sluice_worker *w = l->w;
+	const struct sluice_listener_cfg *lc = l->cfg;
+	struct sluice_conn *c = calloc(1, sizeof(*c));
+	int one = 1;
+
+	if (!c) {
+		/* Not even room to log the connection properly: drop it. */
+		close(fd);
+		return;
+	}
+	c->w = w;
+	c->l = l;
+	c->peer = *peer;
+	c->start_ms = sluice_now_ms();
+	c->client_idx = -1;
+	c->server = -1;
+	c->client.conn = c->upstream.conn = c;
+	c->client.io.fd = fd;
+	c->upstream.io.fd = -1;
+	c->client.io.fn = c->upstream.io.fn = conn_on_event;
+	c->c2u.src = c->u2c.dst = &c->client;
+	c->c2u.dst = c->u2c.src = &c->upstream;
+	sluice_timer_init(&c->timer, conn_on_timer);
+	c->state = SLUICE_CONN_HANDSHAKE;
+	c->next = w->conns;
+	if (w->conns)
+		w->conns->prev = c;
+	w->conns = c;
+	w->n_conns++;
+
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+
+	if (sluice_cidr_list_match(lc->deny, lc->n_deny, (struct sockaddr *)&peer->ss) ||
+	    (lc->n_allow && !sluice_cidr_list_match(lc->allow, lc->n_allow, (struct sockaddr *)&peer->ss))) {
+		sluice_conn_close(c, "acl", NULL);
+		return;
+	}
+	if (sluice_loop_add(w->loop, &c->client.io, SIDE_EVENTS) < 0) {
+		sluice_conn_close(c, "internal", strerror(errno));
+		return;
+	}
+
+	if (lc->mode == SLUICE_MODE_TCP) {
+		sluice_identity_from_peer(&c->id, (struct sockaddr *)&peer->ss);
+		if (conn_admit(c) < 0) {
+			sluice_conn_close(c, c->result, NULL);
+			return;
+		}
+		conn_connect_next(c);
+		return;
+	}
+
+	c->client.ssl = SSL_new(w->proxy->ssl_ctx);
+	if (!c->client.ssl || !SSL_set_fd(c->client.ssl, fd)) {
+		sluice_conn_close(c, "internal", "SSL_new failed");
+		return;
+	}
+	SSL_set_app_data(c->client.ssl, c);
+	conn_arm(c, deadline(c->start_ms, lc->timeouts.handshake_ms));
+	conn_handshake(c);
+}

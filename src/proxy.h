@@ -1,0 +1,156 @@
+/* Internal types of the proxy: the process-wide proxy, its workers and
+ * listeners, and the connection state machine.  Types only (HAProxy's -t.h
+ * idea); functions live in proxy.c (workers, listeners, accept), conn.c
+ * (one connection from accept to close) and relay.c (moving bytes). */
+#ifndef SLUICE_PROXY_H
+#define SLUICE_PROXY_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <openssl/ssl.h>
+
+#include "balance.h"
+#include "config.h"
+#include "identity.h"
+#include "limit.h"
+#include "loop.h"
+
+struct sluice_worker;
+struct sluice_conn;
+
+struct sluice_proxy {
+	struct sluice_config *cfg;
+	SSL_CTX *ssl_ctx;              /* NULL when no listener is mtls */
+	struct sluice_pool *pools;     /* one per cfg->upstreams[] */
+	struct sluice_limits *limits;
+	struct sluice_worker *workers;
+	unsigned n_workers;
+	_Atomic bool stopping;
+};
+
+struct sluice_listener {
+	struct sluice_io io;
+	struct sluice_worker *w;
+	const struct sluice_listener_cfg *cfg;
+	struct sluice_timer retry;     /* accept paused after EMFILE/ENFILE/ENOBUFS */
+	uint64_t last_fdlimit_log_ms;
+	uint64_t fdlimit_refusals;     /* since the last log line */
+};
+
+/* A pipe for splice(); held by a flow only while it carries bytes. */
+struct sluice_pipe {
+	int rfd, wfd;
+	struct sluice_pipe *next;
+};
+
+/* A userspace relay buffer; held by a flow only while it carries bytes. */
+#define SLUICE_BUF_SIZE (16 * 1024)   /* one TLS record's plaintext */
+struct sluice_buf {
+	struct sluice_buf *next;
+	char data[SLUICE_BUF_SIZE];
+};
+
+struct sluice_worker {
+	struct sluice_proxy *proxy;
+	unsigned id;
+	pthread_t thread;
+	struct sluice_loop *loop;
+	struct sluice_io stop_io;      /* eventfd written by sluice_proxy_stop() */
+	struct sluice_listener *listeners;  /* one per cfg->listeners[] */
+	struct sluice_timer drain_timer;
+	bool draining, exit;
+	struct sluice_conn *conns;     /* live connections, for drain */
+	unsigned n_conns;
+	struct sluice_conn *graveyard; /* closed this iteration; freed after it */
+	struct sluice_pipe *free_pipes;
+	unsigned n_free_pipes;
+	struct sluice_buf *free_bufs;
+	unsigned n_free_bufs;
+};
+
+/* The life of a connection, read top to bottom (design.md's flow). */
+enum sluice_conn_state {
+	SLUICE_CONN_HANDSHAKE, /* TLS with the client, under the handshake deadline;
+	                          identity, authorization and limits run inside
+	                          it (verify callback) so a refusal is a TLS alert */
+	SLUICE_CONN_CONNECT,   /* connecting to a pool server under the connect
+	                          deadline; refusal or timeout tries the next */
+	SLUICE_CONN_RELAY,     /* both sides up: bytes flow until both directions
+	                          have ended, under the idle/lifetime deadlines */
+	SLUICE_CONN_CLOSED,    /* fds closed and logged; freed after this loop
+	                          iteration (events for it may still be queued) */
+};
+
+enum sluice_datapath { SLUICE_DP_NONE, SLUICE_DP_SPLICE, SLUICE_DP_USERSPACE };
+
+/* One end of the pair.  client and upstream have the same shape. */
+struct sluice_side {
+	struct sluice_io io;           /* io.fd < 0 when not open */
+	struct sluice_conn *conn;
+	SSL *ssl;                      /* NULL on plain TCP sides */
+	bool tls_broken;               /* TLS ended without close_notify (or failed):
+	                                  OpenSSL refuses to write on it any more */
+};
+
+/* One direction of the relay: bytes from src to dst. */
+struct sluice_flow {
+	struct sluice_side *src, *dst;
+	struct sluice_pipe *pipe;      /* splice: held while in_pipe > 0 */
+	size_t in_pipe;
+	struct sluice_buf *buf;        /* userspace: held while off < len */
+	size_t off, len;
+	bool src_eof;                  /* src has no more bytes (FIN / close_notify) */
+	bool dst_shut;                 /* EOF passed on to dst: this direction is done */
+	uint64_t bytes;
+};
+
+struct sluice_conn {
+	struct sluice_worker *w;
+	struct sluice_listener *l;
+	enum sluice_conn_state state;
+	struct sluice_conn *prev, *next;   /* worker's live list, or graveyard */
+
+	struct sluice_side client, upstream;
+	struct sluice_flow c2u, u2c;
+	enum sluice_datapath datapath;
+
+	struct sluice_sockaddr peer;
+	struct sluice_timer timer;     /* the current state's deadline */
+	uint64_t start_ms, last_active_ms;
+
+	struct sluice_identity id;
+	int client_idx;                /* clients[] entry, -1 until matched */
+	char id_name[SLUICE_ID_NAME_LEN];
+	struct sluice_limit_ref *limit_ref;
+	bool admitted;
+
+	int server;                    /* index in the pool, -1 when none held */
+	uint64_t tried;                /* servers tried by this connection */
+	char connect_errors[256];
+
+	const char *result;            /* set once: the first reason wins */
+	char detail[256];
+};
+
+/* conn.c */
+void sluice_conn_accept(struct sluice_listener *l, int fd, const struct sluice_sockaddr *peer);
+void sluice_conn_close(struct sluice_conn *c, const char *result, const char *detail);
+int sluice_conn_verify_cb(int preverify_ok, X509_STORE_CTX *ctx);
+
+/* relay.c */
+enum sluice_relay_rc { SLUICE_RELAY_WAIT, SLUICE_RELAY_MORE, SLUICE_RELAY_DONE, SLUICE_RELAY_ERR };
+/* Moves bytes both ways until both would block (WAIT), a fairness budget is
+ * spent (MORE: call again soon), both directions have ended (DONE), or a side
+ * failed (ERR: c->result and c->detail say which and why). */
+enum sluice_relay_rc sluice_relay_pump(struct sluice_conn *c);
+/* Returns the flow's pipe/buffer to the worker's pools. */
+void sluice_relay_release(struct sluice_conn *c);
+void sluice_worker_pools_free(struct sluice_worker *w);
+
+/* proxy.c */
+void sluice_worker_conn_gone(struct sluice_worker *w);
+
+#endif

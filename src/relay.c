@@ -1,0 +1,414 @@
+/* Relay: moving bytes between the two sides of a connection.
+ *
+ * Two datapaths, chosen per connection:
+ *   splice     plain TCP both sides: socket -> pipe -> socket, zero copy.
+ *   userspace  a TLS side: SSL_read/SSL_write through one buffer per
+ *              direction (the kTLS issue replaces this where it can).
+ * A flow (one direction) holds a pipe or buffer only while bytes are in
+ * flight, so an idle connection costs no pipe fds and no buffer memory.
+ *
+ * The sockets are registered edge-triggered, so every pump runs each flow
+ * until it would block.  To stay fair to other connections a pump stops after
+ * FLOW_ROUNDS transfers per direction and asks to be called again (MORE).
+ *
+ * Return contract of the flow functions (HAProxy's raw_sock.c style):
+ *   SLUICE_AGAIN  waiting for readiness on src (empty) or dst (full)
+ *   SLUICE_DONE   src ended and that EOF has been passed on to dst
+ *   SLUICE_ERR    a side failed; conn result/detail set
+ *   SLUICE_OK     budget spent with work left: call again
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+
+#include "common.h"
+#include "proxy.h"
+#include "tls.h"
+
+#define FLOW_ROUNDS 16
+#define PIPE_SIZE (1024 * 1024)  /* a third less relay CPU than 64 KiB (design.md) */
+#define MAX_FREE_PIPES 64
+#define MAX_FREE_BUFS 64
+
+/* ---- pools: pipes and buffers, per worker, no locks ---- */
+
+static struct sluice_pipe *pipe_get(struct sluice_worker *w)
+{
+	struct sluice_pipe *p = w->free_pipes;
+	int fds[2];
+
+	if (p) {
+		w->free_pipes = p->next;
+		w->n_free_pipes--;
+		return p;
+	}
+	if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0)
+		return NULL;
+	/* Larger pipes mean fewer splice calls per MiB.  Failure (EPERM above
+	 * pipe-max-size for an unprivileged user, or the per-user pipe budget)
+	 * only costs speed, so it is not an error. */
+	(void)fcntl(fds[1], F_SETPIPE_SZ, PIPE_SIZE);
+	p = malloc(sizeof(*p));
+	if (!p) {
+		close(fds[0]);
+		close(fds[1]);
+		return NULL;
+	}
+	p->rfd = fds[0];
+	p->wfd = fds[1];
+	return p;
+}
+
+static void pipe_put(struct sluice_worker *w, struct sluice_pipe *p, bool empty)
+{
+	/* A pipe that may still hold bytes (error path) is never reused: its
+	 * stale bytes would leak into another connection. */
+	if (empty && w->n_free_pipes < MAX_FREE_PIPES) {
+		p->next = w->free_pipes;
+		w->free_pipes = p;
+		w->n_free_pipes++;
+		return;
+	}
+	close(p->rfd);
+	close(p->wfd);
+	free(p);
+}
+
+static struct sluice_buf *buf_get(struct sluice_worker *w)
+{
+	struct sluice_buf *b = w->free_bufs;
+
+	if (b) {
+		w->free_bufs = b->next;
+		w->n_free_bufs--;
+		return b;
+	}
+	return malloc(sizeof(*b));
+}
+
+static void buf_put(struct sluice_worker *w, struct sluice_buf *b)
+{
+	if (w->n_free_bufs < MAX_FREE_BUFS) {
+		b->next = w->free_bufs;
+		w->free_bufs = b;
+		w->n_free_bufs++;
+		return;
+	}
+	free(b);
+}
+
+void sluice_worker_pools_free(struct sluice_worker *w)
+{
+	while (w->free_pipes) {
+		struct sluice_pipe *p = w->free_pipes;
+
+		w->free_pipes = p->next;
+		close(p->rfd);
+		close(p->wfd);
+		free(p);
+	}
+	while (w->free_bufs) {
+		struct sluice_buf *b = w->free_bufs;
+
+		w->free_bufs = b->next;
+		free(b);
+	}
+	w->n_free_pipes = w->n_free_bufs = 0;
+}
+
+static void flow_release(struct sluice_worker *w, struct sluice_flow *f)
+{
+	if (f->pipe) {
+		pipe_put(w, f->pipe, f->in_pipe == 0);
+		f->pipe = NULL;
+		f->in_pipe = 0;
+	}
+	if (f->buf) {
+		buf_put(w, f->buf);
+		f->buf = NULL;
+		f->off = f->len = 0;
+	}
+}
+
+void sluice_relay_release(struct sluice_conn *c)
+{
+	flow_release(c->w, &c->c2u);
+	flow_release(c->w, &c->u2c);
+}
+
+/* ---- errors ---- */
+
+static const char *side_name(const struct sluice_conn *c, const struct sluice_side *s)
+{
+	return s == &c->client ? "client" : "upstream";
+}
+
+static int flow_fail(struct sluice_conn *c, const struct sluice_side *s, const char *what, int err)
+{
+	if (!c->result) {
+		c->result = s == &c->client ? "client_error" : "upstream_error";
+		snprintf(c->detail, sizeof(c->detail), "%s %s: %s", side_name(c, s), what,
+		         strerror(err));
+	}
+	return SLUICE_ERR;
+}
+
+static int flow_fail_tls(struct sluice_conn *c, struct sluice_side *s, const char *what, int ret)
+{
+	char reason[160];
+
+	sluice_tls_error_reason(s->ssl, ret, reason, sizeof(reason));
+	if (!c->result) {
+		c->result = "client_error";
+		snprintf(c->detail, sizeof(c->detail), "%s %s: %s", side_name(c, s), what, reason);
+	}
+	return SLUICE_ERR;
+}
+
+/* Passes src's EOF on to dst: close_notify on a TLS side, FIN on TCP. */
+static int flow_shutdown_dst(struct sluice_conn *c, struct sluice_flow *f)
+{
+	if (f->dst_shut)
+		return SLUICE_DONE;
+	if (f->dst->ssl && !f->dst->tls_broken) {
+		int r;
+
+		ERR_clear_error();
+		r = SSL_shutdown(f->dst->ssl);
+		if (r < 0) {
+			int e = SSL_get_error(f->dst->ssl, r);
+
+			if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ)
+				return SLUICE_AGAIN;
+			return flow_fail_tls(c, f->dst, "close_notify", r);
+		}
+		/* r == 0: our close_notify is out, the client's may follow; the
+		 * other flow keeps reading it (TLS half-close). */
+	} else if (f->dst->ssl) {
+		/* The client's TLS ended without close_notify: OpenSSL won't
+		 * write any more, so a TCP FIN is all that can be said. */
+		if (shutdown(f->dst->io.fd, SHUT_WR) < 0 && errno != ENOTCONN)
+			return flow_fail(c, f->dst, "shutdown", errno);
+	} else if (shutdown(f->dst->io.fd, SHUT_WR) < 0 && errno != ENOTCONN) {
+		/* ENOTCONN: the peer already reset; the other flow reports it. */
+		return flow_fail(c, f->dst, "shutdown", errno);
+	}
+	f->dst_shut = true;
+	return SLUICE_DONE;
+}
+
+/* ---- splice: plain TCP to plain TCP ---- */
+
+static int flow_splice(struct sluice_conn *c, struct sluice_flow *f)
+{
+	int round;
+
+	for (round = 0; round < FLOW_ROUNDS; round++) {
+		ssize_t n;
+
+		if (f->in_pipe > 0) {
+			n = splice(f->pipe->rfd, NULL, f->dst->io.fd, NULL, f->in_pipe,
+			           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+			if (n > 0) {
+				f->in_pipe -= (size_t)n;
+				f->bytes += (uint64_t)n;
+				c->last_active_ms = sluice_now_ms();
+				continue;
+			}
+			if (n < 0 && errno == EINTR)
+				continue;
+			/* EAGAIN: dst's send buffer is full; its EPOLLOUT edge resumes us. */
+			if (n < 0 && errno == EAGAIN)
+				return SLUICE_AGAIN;
+			/* EPIPE / ECONNRESET: dst went away with bytes still owed to it. */
+			return flow_fail(c, f->dst, "write", n < 0 ? errno : EPIPE);
+		}
+		if (f->pipe) {
+			/* Empty: give it back so an idle connection holds no pipe. */
+			pipe_put(c->w, f->pipe, true);
+			f->pipe = NULL;
+		}
+		if (f->src_eof)
+			return flow_shutdown_dst(c, f);
+		f->pipe = pipe_get(c->w);
+		if (!f->pipe)
+			return flow_fail(c, f->src, "pipe", errno);
+		n = splice(f->src->io.fd, NULL, f->pipe->wfd, NULL, PIPE_SIZE,
+		           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+		if (n > 0) {
+			f->in_pipe = (size_t)n;
+			continue;
+		}
+		if (n == 0) {          /* FIN from src */
+			f->src_eof = true;
+			continue;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN) { /* src empty (the pipe was empty, so not "pipe full") */
+			pipe_put(c->w, f->pipe, true);
+			f->pipe = NULL;
+			return SLUICE_AGAIN;
+		}
+		/* ECONNRESET: src reset; anything else is a bug worth logging as is. */
+		return flow_fail(c, f->src, "read", errno);
+	}
+	return SLUICE_OK;
+}
+
+/* ---- userspace: a TLS side, through one buffer ---- */
+
+/* >0 bytes, 0 EOF, SLUICE_AGAIN, SLUICE_ERR (conn result set) */
+static ssize_t side_read(struct sluice_conn *c, struct sluice_side *s, char *buf, size_t len)
+{
+	if (s->ssl) {
+		int r, e;
+
+		ERR_clear_error();
+		r = SSL_read(s->ssl, buf, (int)len);
+		if (r > 0)
+			return r;
+		e = SSL_get_error(s->ssl, r);
+		switch (e) {
+		case SSL_ERROR_WANT_READ:
+		case SSL_ERROR_WANT_WRITE:   /* e.g. answering a KeyUpdate into a full socket */
+			return SLUICE_AGAIN;
+		case SSL_ERROR_ZERO_RETURN:  /* close_notify */
+			return 0;
+		case SSL_ERROR_SYSCALL:
+			if (ERR_peek_error() == 0 && (r == 0 || errno == 0)) {
+				/* TCP FIN without close_notify: EOF, passed on as a FIN */
+				s->tls_broken = true;
+				return 0;
+			}
+			if (errno == ECONNRESET || errno == EPIPE)
+				return flow_fail(c, s, "read", errno);
+			return flow_fail_tls(c, s, "read", r);
+		default:
+			/* OpenSSL 3 reports a FIN without close_notify as SSL_ERROR_SSL
+			 * "unexpected eof while reading" unless told otherwise; that is
+			 * the same truncation as above. */
+			if (ERR_GET_REASON(ERR_peek_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
+				ERR_clear_error();
+				s->tls_broken = true;
+				return 0;
+			}
+			return flow_fail_tls(c, s, "read", r);
+		}
+	}
+	for (;;) {
+		ssize_t n = read(s->io.fd, buf, len);
+
+		if (n >= 0)
+			return n;
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN)
+			return SLUICE_AGAIN;
+		return flow_fail(c, s, "read", errno);
+	}
+}
+
+static ssize_t side_write(struct sluice_conn *c, struct sluice_side *s, const char *buf, size_t len)
+{
+	if (s->ssl) {
+		int r, e;
+
+		ERR_clear_error();
+		r = SSL_write(s->ssl, buf, (int)len);
+		if (r > 0)
+			return r;
+		e = SSL_get_error(s->ssl, r);
+		if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ)
+			return SLUICE_AGAIN;
+		if (e == SSL_ERROR_SYSCALL && (errno == EPIPE || errno == ECONNRESET))
+			return flow_fail(c, s, "write", errno);
+		return flow_fail_tls(c, s, "write", r);
+	}
+	for (;;) {
+		ssize_t n = send(s->io.fd, buf, len, MSG_NOSIGNAL);
+
+		if (n >= 0)
+			return n;
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN)
+			return SLUICE_AGAIN;
+		return flow_fail(c, s, "write", errno);
+	}
+}
+
+static int flow_copy(struct sluice_conn *c, struct sluice_flow *f)
+{
+	int round;
+
+	for (round = 0; round < FLOW_ROUNDS; round++) {
+		ssize_t n;
+
+		if (f->buf && f->off < f->len) {
+			n = side_write(c, f->dst, f->buf->data + f->off, f->len - f->off);
+			if (n < 0)
+				return (int)n;
+			f->off += (size_t)n;
+			f->bytes += (uint64_t)n;
+			c->last_active_ms = sluice_now_ms();
+			continue;
+		}
+		if (f->buf) {
+			buf_put(c->w, f->buf);
+			f->buf = NULL;
+			f->off = f->len = 0;
+		}
+		if (f->src_eof)
+			return flow_shutdown_dst(c, f);
+		f->buf = buf_get(c->w);
+		if (!f->buf)
+			return flow_fail(c, f->src, "buffer", ENOMEM);
+		n = side_read(c, f->src, f->buf->data, sizeof(f->buf->data));
+		if (n > 0) {
+			f->off = 0;
+			f->len = (size_t)n;
+			continue;
+		}
+		buf_put(c->w, f->buf);
+		f->buf = NULL;
+		if (n == 0) {
+			f->src_eof = true;
+			continue;
+		}
+		return (int)n;
+	}
+	return SLUICE_OK;
+}
+
+static int flow_pump(struct sluice_conn *c, struct sluice_flow *f)
+{
+	if (f->dst_shut)
+		return SLUICE_DONE;
+	if (c->datapath == SLUICE_DP_SPLICE)
+		return flow_splice(c, f);
+	return flow_copy(c, f);
+}
+
+enum sluice_relay_rc sluice_relay_pump(struct sluice_conn *c)
+{
+	int a = flow_pump(c, &c->c2u);
+	int b;
+
+	if (a == SLUICE_ERR)
+		return SLUICE_RELAY_ERR;
+	b = flow_pump(c, &c->u2c);
+	if (b == SLUICE_ERR)
+		return SLUICE_RELAY_ERR;
+	if (a == SLUICE_DONE && b == SLUICE_DONE)
+		return SLUICE_RELAY_DONE;
+	if (a == SLUICE_OK || b == SLUICE_OK)
+		return SLUICE_RELAY_MORE;
+	return SLUICE_RELAY_WAIT;
+}

@@ -1,0 +1,123 @@
+/* TLS context and diagnostics.  Owns nothing per connection: the handshake
+ * and record I/O are driven by the connection code (src/conn.c) and the
+ * relay (src/relay.c). */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+
+#include "tls.h"
+
+static void openssl_reason(char *err, size_t errlen, const char *what, const char *path)
+{
+	unsigned long e = ERR_peek_last_error();
+	const char *r = e ? ERR_reason_error_string(e) : NULL;
+
+	snprintf(err, errlen, "%s %s: %s", what, path, r ? r : "unknown OpenSSL error");
+	ERR_clear_error();
+}
+
+static int load_crl(SSL_CTX *ctx, const char *path, char *err, size_t errlen)
+{
+	X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+	X509_LOOKUP *lookup = X509_STORE_add_lookup(store, X509_LOOKUP_file());
+
+	if (!lookup || X509_load_crl_file(lookup, path, X509_FILETYPE_PEM) <= 0) {
+		openssl_reason(err, errlen, "tls.crl: cannot load", path);
+		return -1;
+	}
+	/* CRL_CHECK checks the leaf only: client certs are leaves of our CA; an
+	 * intermediate revocation would need CRL_CHECK_ALL and CRLs for every
+	 * level, which operators rarely have. */
+	X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK);
+	return 0;
+}
+
+SSL_CTX *sluice_tls_server_ctx(const struct sluice_tls_cfg *cfg, SSL_verify_cb verify_cb,
+                               char *err, size_t errlen)
+{
+	static const unsigned char sid_ctx[] = "sluice";
+	STACK_OF(X509_NAME) *cas;
+	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+
+	if (!ctx) {
+		openssl_reason(err, errlen, "tls:", "SSL_CTX_new");
+		return NULL;
+	}
+	if (!SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION))
+		goto fail_ossl;
+	/* Renegotiation is a DoS lever and kTLS cannot follow it: refuse it.
+	 * Server cipher preference so our AEAD order (AES-GCM first, which the
+	 * kernel offloads) wins. */
+	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE |
+	                         SSL_OP_NO_COMPRESSION | SSL_OP_NO_TICKET);
+	/* No resumption yet: every connection does a full handshake, so the
+	 * verify callback (which authorizes and applies limits) always runs. */
+	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+	SSL_CTX_set_num_tickets(ctx, 0);
+	SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof(sid_ctx) - 1);
+	/* Partial writes let the relay hand SSL_write whatever it has; moving
+	 * buffer because a retried write may come from a refilled buffer. */
+	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+	                      SSL_MODE_RELEASE_BUFFERS);
+
+	if (SSL_CTX_use_certificate_chain_file(ctx, cfg->cert) != 1) {
+		openssl_reason(err, errlen, "tls.cert: cannot load", cfg->cert);
+		goto fail;
+	}
+	if (SSL_CTX_use_PrivateKey_file(ctx, cfg->key, SSL_FILETYPE_PEM) != 1) {
+		openssl_reason(err, errlen, "tls.key: cannot load", cfg->key);
+		goto fail;
+	}
+	if (SSL_CTX_check_private_key(ctx) != 1) {
+		openssl_reason(err, errlen, "tls.key: does not match", cfg->cert);
+		goto fail;
+	}
+	if (SSL_CTX_load_verify_locations(ctx, cfg->ca, NULL) != 1) {
+		openssl_reason(err, errlen, "tls.ca: cannot load", cfg->ca);
+		goto fail;
+	}
+	cas = SSL_load_client_CA_file(cfg->ca);
+	if (!cas) {
+		openssl_reason(err, errlen, "tls.ca: no CA names in", cfg->ca);
+		goto fail;
+	}
+	SSL_CTX_set_client_CA_list(ctx, cas);
+	if (cfg->crl && load_crl(ctx, cfg->crl, err, errlen) < 0)
+		goto fail;
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, verify_cb);
+	SSL_CTX_set_verify_depth(ctx, (int)(cfg->verify_depth ? cfg->verify_depth : 4));
+	return ctx;
+
+fail_ossl:
+	openssl_reason(err, errlen, "tls:", "context setup");
+fail:
+	SSL_CTX_free(ctx);
+	return NULL;
+}
+
+const char *sluice_tls_error_reason(SSL *ssl, int ret, char *buf, size_t len)
+{
+	int e = SSL_get_error(ssl, ret);
+	unsigned long oe = ERR_peek_last_error();
+	long vr = SSL_get_verify_result(ssl);
+
+	if (vr != X509_V_OK) {
+		snprintf(buf, len, "%s", X509_verify_cert_error_string(vr));
+	} else if (oe) {
+		const char *r = ERR_reason_error_string(oe);
+
+		snprintf(buf, len, "%s", r ? r : "unknown error");
+	} else if (e == SSL_ERROR_SYSCALL) {
+		/* No OpenSSL error and no errno: the peer closed the TCP stream. */
+		snprintf(buf, len, "%s", errno ? strerror(errno) : "unexpected eof");
+	} else if (e == SSL_ERROR_ZERO_RETURN) {
+		snprintf(buf, len, "close_notify during handshake");
+	} else {
+		snprintf(buf, len, "ssl error %d", e);
+	}
+	ERR_clear_error();
+	return buf;
+}
