@@ -79,6 +79,7 @@ valgrind: $(UNITS)
 test: deps
 	$(MAKE) all
 	$(MAKE) unit
+	$(MAKE) valgrind
 	$(MAKE) net
 	$(MAKE) net-asan
 	$(MAKE) net-tsan

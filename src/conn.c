@@ -204,23 +204,34 @@ int sluice_conn_verify_cb(int preverify_ok, X509_STORE_CTX *ctx)
 {
 	SSL *ssl = X509_STORE_CTX_get_ex_data(ctx, SSL_get_ex_data_X509_STORE_CTX_idx());
 	struct sluice_conn *c = ssl ? SSL_get_app_data(ssl) : NULL;
+	int depth;
 
 	if (!c)
 		return 0;
+	depth = X509_STORE_CTX_get_error_depth(ctx);
+	/* Read the leaf's names even when it fails verification, so the log
+	 * line says who was refused (a revoked CN=mallory, not just "revoked").
+	 * They are only used for admission once the chain verified. */
+	if (depth == 0 && !c->id_read) {
+		if (sluice_identity_from_cert(&c->id, X509_STORE_CTX_get_current_cert(ctx)) < 0) {
+			c->result = "internal";
+			snprintf(c->detail, sizeof(c->detail), "out of memory reading identity");
+			goto refuse;
+		}
+		c->id_read = true;
+		sluice_identity_name(&c->id, NULL, c->id_name, sizeof(c->id_name));
+	}
 	if (!preverify_ok) {
 		if (!c->detail[0])
 			snprintf(c->detail, sizeof(c->detail), "%s",
 			         X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx)));
 		return 0;
 	}
-	if (X509_STORE_CTX_get_error_depth(ctx) != 0 || c->admitted)
+	if (depth != 0 || c->admitted)
 		return 1;
-	if (sluice_identity_from_cert(&c->id, X509_STORE_CTX_get_current_cert(ctx)) < 0) {
-		c->result = "internal";
-		snprintf(c->detail, sizeof(c->detail), "out of memory reading identity");
-	} else if (conn_admit(c) == 0) {
+	if (conn_admit(c) == 0)
 		return 1;
-	}
+refuse:
 	X509_STORE_CTX_set_error(ctx, X509_V_ERR_APPLICATION_VERIFICATION);
 	return 0;
 }

@@ -122,6 +122,7 @@ struct sluice_conn {
 	uint64_t start_ms, last_active_ms;
 
 	struct sluice_identity id;
+	bool id_read;                  /* id holds the client certificate's names */
 	int client_idx;                /* clients[] entry, -1 until matched */
 	char id_name[SLUICE_ID_NAME_LEN];
 	struct sluice_limit_ref *limit_ref;

@@ -41,7 +41,7 @@ t_03_bad_certs_refused_others_unaffected() {
 		[expired]="certificate has expired"
 		[revoked]="certificate revoked"
 		[notyet]="certificate is not yet valid"
-		[serverauth-only]="unsupported certificate purpose"
+		[serverauth-only]="unsuitable certificate purpose"
 	)
 	for name in "${!want[@]}"; do
 		if [ $name = nocert ]; then
@@ -53,7 +53,7 @@ t_03_bad_certs_refused_others_unaffected() {
 	done
 	wait_closes 6 '.result=="tls_handshake"'
 	for name in "${!want[@]}"; do
-		closes '.result=="tls_handshake"' | jq -e --arg d "${want[$name]}" 'select(.detail==$d)' >/dev/null \
+		closes '.result=="tls_handshake"' | jq -s -e --arg d "${want[$name]}" 'map(select(.detail==$d)) | length == 1' >/dev/null \
 			|| { log "no tls_handshake close with detail '${want[$name]}' ($name)"; closes >&2; return 1; }
 		log "   $name: refused, detail \"${want[$name]}\""
 	done
@@ -176,12 +176,13 @@ t_09_upstream_down_retry_and_no_upstream() {
 t_10_idle_and_lifetime_deadlines() {
 	IDLE_TIMEOUT=1s config $WORK/c.yaml; sluice_start $WORK/c.yaml 5000
 	local out
-	out=$(client --connect 198.18.0.1:5000 $(tlsas alice) --send 10 --expect 10 --hold-after 4 || true)
+	# Handshake done, then silence: the pair is idle from the start.
+	out=$(client --connect 198.18.0.1:5000 $(tlsas alice) --hold 4 --send 10 || true)
 	wait_closes 1 '.result=="timeout_idle"'
-	expect_json "$(closes '.result=="timeout_idle"')" '.duration_ms >= 900 and .duration_ms < 3000 and .bytes_in == 10' "idle close"
+	expect_json "$(closes '.result=="timeout_idle"')" '.duration_ms >= 900 and .duration_ms < 3000 and .upstream != null' "idle close"
 	sluice_stop
 	LIFETIME=2s config $WORK/c.yaml; sluice_start $WORK/c.yaml 5000
-	out=$(client --connect 198.18.0.1:5000 $(tlsas alice) --send 10 --expect 10 --hold-after 5 || true)
+	out=$(client --connect 198.18.0.1:5000 $(tlsas alice) --hold 5 --send 10 || true)
 	wait_closes 1 '.result=="timeout_lifetime"'
 	expect_json "$(closes '.result=="timeout_lifetime"')" '.duration_ms >= 1900 and .duration_ms < 4000' "lifetime close"
 	sluice_stop

@@ -44,21 +44,25 @@ net_setup() {
 }
 
 net_teardown() {
-	local p
+	local p i
 	for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
+	for i in 1 2 3; do kill -9 $(up_pids $i) 2>/dev/null; done
 	wait 2>/dev/null
 	for n in $NSC $NSP "${NSU[@]}"; do ip netns del $n 2>/dev/null; done
 }
 
-inc() { ip netns exec $NSC "$@"; }   # on the client host
-inp() { ip netns exec $NSP "$@"; }   # on the proxy host
-inu() { local i=$1; shift; ip netns exec ${NSU[$((i-1))]} "$@"; }  # on upstream i
+# nsenter execs the command in place (ip netns exec forks and waits), so
+# $! is the program itself and signals in the tests reach it.
+inns() { local ns=$1; shift; nsenter --net=/run/netns/$ns "$@"; }
+inc() { inns $NSC "$@"; }   # on the client host
+inp() { inns $NSP "$@"; }   # on the proxy host
+inu() { local i=$1; shift; inns ${NSU[$((i-1))]} "$@"; }  # on upstream i
 
 # wait_port NS PORT: until something listens there (bounded: 10 s)
 wait_port() {
 	local ns=$1 port=$2 i
 	for i in $(seq 100); do
-		ip netns exec "$ns" ss -Hltn "sport = :$port" | grep -q . && return 0
+		inns "$ns" ss -Hltn "sport = :$port" | grep -q . && return 0
 		sleep 0.1
 	done
 	log "nothing listening on port $port in $ns"; return 1
@@ -66,33 +70,41 @@ wait_port() {
 
 # established NS PORT: number of established TCP connections on local PORT
 established() {
-	ip netns exec "$1" ss -Htn state established "sport = :$2" | wc -l
+	inns "$1" ss -Htn state established "sport = :$2" | wc -l
 }
 
-UP_PIDS=(0 0 0)
-# up_start I [echo args]: an echo upstream on 198.18.I.2:9000 and [2001:db8:I::2]:9000
+# up_start I: echo upstreams on 198.18.I.2:9000 and [2001:db8:I::2]:9000.
+# Simple commands (not functions) in the background, so the pid is the
+# program's; up_stop finds them by their namespace, so any subshell can stop
+# what another started.
 up_start() {
-	local i=$1; shift
-	inu $i "$TOOLS/echo" --listen "198.18.$i.2:9000" --name up$i "$@" >/dev/null 2>&1 &
-	UP_PIDS[$((i-1))]=$!; PIDS+=($!)
-	inu $i "$TOOLS/echo" --listen "[2001:db8:$i::2]:9000" --name up${i}v6 "$@" >/dev/null 2>&1 &
-	UP6_PIDS[$((i-1))]=$!; PIDS+=($!)
-	wait_port ${NSU[$((i-1))]} 9000
+	local i=$1 ns=${NSU[$(($1-1))]}
+	nsenter --net=/run/netns/$ns "$TOOLS/echo" --listen "198.18.$i.2:9000" --name up$i >/dev/null 2>&1 &
+	nsenter --net=/run/netns/$ns "$TOOLS/echo" --listen "[2001:db8:$i::2]:9000" --name up${i}v6 >/dev/null 2>&1 &
+	wait_port $ns 9000
 }
+up_pids() { ip netns pids ${NSU[$(($1-1))]} 2>/dev/null; }   # only echo servers run there
 up_stop() {
-	local i=$1
-	kill "${UP_PIDS[$((i-1))]}" "${UP6_PIDS[$((i-1))]}" 2>/dev/null
-	wait "${UP_PIDS[$((i-1))]}" "${UP6_PIDS[$((i-1))]}" 2>/dev/null
-	true
+	local i=$1 n
+	kill $(up_pids $i) 2>/dev/null || true
+	for n in $(seq 100); do [ -z "$(up_pids $i)" ] && return 0; sleep 0.05; done
+	log "upstream $i did not stop"; return 1
+}
+# every upstream listening (a failed test may have left one stopped)
+up_all() {
+	local i
+	for i in 1 2 3; do
+		[ "$(up_pids $i | wc -l)" = 2 ] || { up_stop $i; up_start $i; }
+	done
 }
 
 SLUICE_PID=; SLUICE_LOG=
-# sluice_start CONFIG PORT: runs sluice on the proxy host, logs to $WORK/sluice.N.log
-SLUICE_N=0
+# sluice_start CONFIG PORT: runs sluice on the proxy host, logs to $WORK/<test>.<n>.log
 sluice_start() {
-	SLUICE_N=$((SLUICE_N+1))
-	SLUICE_LOG=$WORK/sluice.$SLUICE_N.log
-	inp "$SLUICE" run -c "$1" 2>"$SLUICE_LOG" &
+	local n=1
+	while [ -e "$WORK/${TEST_NAME:-sluice}.$n.log" ]; do n=$((n+1)); done
+	SLUICE_LOG=$WORK/${TEST_NAME:-sluice}.$n.log
+	nsenter --net=/run/netns/$NSP "$SLUICE" run -c "$1" 2>"$SLUICE_LOG" &
 	SLUICE_PID=$!; PIDS+=($!)
 	wait_port $NSP "$2" || { cat "$SLUICE_LOG" >&2; return 1; }
 }

@@ -90,6 +90,8 @@ PASS=0; FAIL=0; FAILED=()
 run_test() {
 	local name=$1
 	local rc
+	TEST_NAME=$name
+	up_all
 	log "== $name"
 	# A subshell per test: set -e applies, and its EXIT trap stops a sluice
 	# the test left running when it failed half-way.
@@ -97,7 +99,7 @@ run_test() {
 		trap 'rc=$?; if [ $rc != 0 ] && [ -n "$SLUICE_LOG" ]; then
 			log "   --- sluice log tail ($SLUICE_LOG):"; tail -15 "$SLUICE_LOG" >&2; fi
 			sluice_stop >/dev/null 2>&1; exit $rc' EXIT
-		set -e
+		set -e; [ -z "${TRACE:-}" ] || set -x
 		"$name"
 	)
 	rc=$?

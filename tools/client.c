@@ -1,0 +1,973 @@
+/* client — the test client of sluice's integration tests.
+ *
+ *   client --connect ADDR [--tls --ca F (--cert F --key F | --no-cert)
+ *          [--servername NAME | --no-verify-name] [--tls-version 1.2|1.3]
+ *          [--cipher NAME]] [--send N [--seed S]] [--expect N | --expect-any]
+ *          [--expect-sha256 HEX] [--half-close] [--hold SECONDS]
+ *          [--garbage N] [--count C --parallel P] [--timeout SECONDS]
+ *
+ * Sends N bytes of the deterministic stream (tools/toolkit.h; the same one
+ * echo --source makes) while reading concurrently (non-blocking socket, one
+ * poll loop; for TLS every SSL_read/SSL_write WANT_READ/WANT_WRITE is waited
+ * for), so any volume through an echo server never deadlocks.
+ *
+ *   --expect N     read exactly N bytes back (default: N = --send, and then
+ *                  the bytes must equal what was sent: the echo check)
+ *   --expect-any   read until EOF, any amount
+ *   --half-close   after the last byte: TLS close_notify (SSL_shutdown) or
+ *                  shutdown(SHUT_WR), then read until EOF
+ *   --hold S       after connecting (and the handshake) stay idle S seconds
+ *                  before sending; the peer closing during it is an error
+ *   --garbage N    no TLS: send N raw random bytes, then read until the peer
+ *                  closes (EOF or reset); success = the peer closed
+ *   --servername   SNI and the name the server certificate must carry; by
+ *                  default the certificate must carry the connect IP
+ *
+ * TLS 1.3 note: the server judges the client certificate after the client's
+ * handshake has completed, so a refused client shows "handshake":"ok" and
+ * then an "alert" and "error" on the first read: send something.
+ *
+ * Prints one JSON line (per connection when --count is 1, else a summary):
+ *   {"connected":true,"handshake":"ok","tls_version":"TLSv1.3","cipher":"...",
+ *    "sent":N,"sent_sha256":"..","recv":N,"recv_sha256":"..","eof":true,
+ *    "close_notify":true,"reset":false,"alert":null,"error":null,"ms":12}
+ * Exit 0 only if everything asked for happened; 1 otherwise; 2 usage. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include "toolkit.h"
+
+#define CHUNK (32 * 1024)
+
+/* ---- options ---------------------------------------------------------- */
+
+static struct {
+	const char *connect;
+	struct sockaddr_storage sa;
+	socklen_t salen;
+	char host[INET6_ADDRSTRLEN];
+	bool tls;
+	const char *cert, *key, *ca, *servername, *cipher;
+	bool no_cert, no_verify_name;
+	int tls_version;            /* 0 = any of 1.2/1.3 */
+	uint64_t send, seed;
+	uint64_t expect;
+	bool expect_set, expect_any;
+	const char *expect_sha;
+	bool half_close;
+	uint64_t hold_ms;
+	uint64_t garbage;
+	bool garbage_set;
+	uint64_t count, parallel;
+	uint64_t timeout_ms;
+} o = { .seed = 1, .count = 1, .parallel = 1, .timeout_ms = 30000 };
+
+static SSL_CTX *g_ctx;
+static uint8_t g_rbuf[64 * 1024];   /* received bytes: hashed and dropped */
+
+/* ---- one connection ----------------------------------------------------- */
+
+enum state {
+	ST_NEW,        /* not started */
+	ST_CONNECT,    /* non-blocking connect() in flight */
+	ST_HANDSHAKE,  /* SSL_connect() in flight */
+	ST_RUN,        /* hold, send, receive, half-close */
+	ST_DONE,       /* finished, ok or error; fd closed */
+};
+
+enum io { IO_OK, IO_EOF, IO_AGAIN, IO_ERR };
+
+struct conn {
+	enum state st;
+	int fd;
+	SSL *ssl;
+	uint64_t t_start, t_end, hold_until;
+	bool connected;
+	const char *handshake;      /* NULL (not reached), "none", "ok", "failed" */
+	const char *tls_version_s;  /* static strings from OpenSSL's tables */
+	const char *cipher_s;
+	/* sending */
+	uint64_t send_total, sent;
+	struct tk_prng send_prng;
+	uint8_t *sbuf;
+	size_t sbuf_off, sbuf_len;
+	EVP_MD_CTX *sent_sha;
+	bool wr_shut;               /* half-close done */
+	/* receiving */
+	uint64_t recv;
+	EVP_MD_CTX *recv_sha;
+	bool eof, close_notify, reset;
+	bool echo_check;
+	struct tk_prng check_prng;
+	int64_t mismatch_at;
+	/* poll interest of the pending read and write operations */
+	short rd_ev, wr_ev;
+	bool busy;                  /* stopped while still making progress: poll(0) */
+	char alert[96];
+	char error[512];
+};
+
+static void set_error(struct conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void set_error(struct conn *c, const char *fmt, ...)
+{
+	if (c->error[0])
+		return;   /* keep the first cause */
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(c->error, sizeof(c->error), fmt, ap);
+	va_end(ap);
+}
+
+/* OpenSSL's reasons from the error queue, "; "-joined, into buf. */
+static void ssl_reasons(struct conn *c, char *buf, size_t n)
+{
+	size_t len = 0;
+	unsigned long e;
+	buf[0] = '\0';
+	while ((e = ERR_get_error()) != 0) {
+		const char *r = ERR_reason_error_string(e);
+		char tmp[256];
+		if (!r) {
+			ERR_error_string_n(e, tmp, sizeof(tmp));
+			r = tmp;
+		}
+		int w = snprintf(buf + len, n - len, "%s%s", len ? "; " : "", r);
+		if (w < 0 || (size_t)w >= n - len)
+			break;
+		len += (size_t)w;
+		if (ERR_GET_REASON(e) == SSL_R_CERTIFICATE_VERIFY_FAILED && c->ssl) {
+			long vr = SSL_get_verify_result(c->ssl);
+			w = snprintf(buf + len, n - len, " (%s)", X509_verify_cert_error_string(vr));
+			if (w < 0 || (size_t)w >= n - len)
+				break;
+			len += (size_t)w;
+		}
+	}
+	if (len == 0)
+		snprintf(buf, n, "unknown TLS error");
+}
+
+/* Classifies a failed SSL_* call.  IO_AGAIN sets *ev to the poll event to
+ * wait for; IO_EOF for a clean or unclean TCP/TLS end of stream; IO_ERR sets
+ * the error text. */
+static enum io ssl_fail(struct conn *c, int ret, int saved_errno, const char *op, short *ev)
+{
+	int e = SSL_get_error(c->ssl, ret);
+	char why[400];
+	switch (e) {
+	case SSL_ERROR_WANT_READ:
+		*ev = POLLIN;
+		return IO_AGAIN;
+	case SSL_ERROR_WANT_WRITE:
+		*ev = POLLOUT;
+		return IO_AGAIN;
+	case SSL_ERROR_ZERO_RETURN:
+		c->close_notify = true;   /* peer's close_notify */
+		return IO_EOF;
+	case SSL_ERROR_SYSCALL:
+		ERR_clear_error();
+		if (saved_errno == 0)
+			return IO_EOF;        /* TCP EOF without close_notify (pre-3.0 style) */
+		if (saved_errno == ECONNRESET || saved_errno == EPIPE)
+			c->reset = true;
+		set_error(c, "%s: %s", op, strerror(saved_errno));
+		return IO_ERR;
+	case SSL_ERROR_SSL:
+		if (ERR_GET_REASON(ERR_peek_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
+			ERR_clear_error();
+			return IO_EOF;        /* TCP EOF without close_notify */
+		}
+		ssl_reasons(c, why, sizeof(why));
+		set_error(c, "%s: %s", op, why);
+		return IO_ERR;
+	default:
+		ERR_clear_error();
+		set_error(c, "%s: SSL error %d", op, e);
+		return IO_ERR;
+	}
+}
+
+static enum io io_read(struct conn *c, size_t *got)
+{
+	if (c->ssl) {
+		ERR_clear_error();
+		errno = 0;
+		int n = SSL_read(c->ssl, g_rbuf, sizeof(g_rbuf));
+		if (n > 0) {
+			*got = (size_t)n;
+			return IO_OK;
+		}
+		return ssl_fail(c, n, errno, "tls read", &c->rd_ev);
+	}
+	for (;;) {
+		ssize_t n = recv(c->fd, g_rbuf, sizeof(g_rbuf), 0);
+		if (n > 0) {
+			*got = (size_t)n;
+			return IO_OK;
+		}
+		if (n == 0)
+			return IO_EOF;
+		if (errno == EINTR)
+			continue;                 /* signal: retry */
+		if (errno == EAGAIN || errno == EWOULDBLOCK) {
+			c->rd_ev = POLLIN;        /* nothing queued: wait */
+			return IO_AGAIN;
+		}
+		if (errno == ECONNRESET)
+			c->reset = true;          /* peer aborted (RST) */
+		set_error(c, "recv: %s", strerror(errno));
+		return IO_ERR;
+	}
+}
+
+static enum io io_write(struct conn *c, const uint8_t *buf, size_t len, size_t *put)
+{
+	if (c->ssl) {
+		ERR_clear_error();
+		errno = 0;
+		int n = SSL_write(c->ssl, buf, (int)len);
+		if (n > 0) {
+			*put = (size_t)n;
+			return IO_OK;
+		}
+		enum io r = ssl_fail(c, n, errno, "tls write", &c->wr_ev);
+		if (r == IO_EOF) {
+			set_error(c, "tls write: connection closed by peer");
+			r = IO_ERR;
+		}
+		return r;
+	}
+	for (;;) {
+		ssize_t n = send(c->fd, buf, len, MSG_NOSIGNAL);
+		if (n >= 0) {
+			*put = (size_t)n;
+			return IO_OK;
+		}
+		if (errno == EINTR)
+			continue;                 /* signal: retry */
+		if (errno == EAGAIN || errno == EWOULDBLOCK) {
+			c->wr_ev = POLLOUT;       /* send buffer full: wait */
+			return IO_AGAIN;
+		}
+		if (errno == ECONNRESET || errno == EPIPE)
+			c->reset = true;          /* peer closed / aborted */
+		set_error(c, "send: %s", strerror(errno));
+		return IO_ERR;
+	}
+}
+
+static void info_cb(const SSL *ssl, int where, int ret)
+{
+	if ((where & SSL_CB_ALERT) && (where & SSL_CB_READ) && (ret & 0xff) != SSL_AD_CLOSE_NOTIFY) {
+		struct conn *c = SSL_get_app_data(ssl);
+		if (c && !c->alert[0]) {
+			const char *d = SSL_alert_desc_string_long(ret);
+			if (strcmp(d, "unknown") == 0 && (ret & 0xff) == 116)
+				d = "certificate required";   /* TLS 1.3 alert OpenSSL 3.0 has no text for */
+			if (strcmp(d, "unknown") == 0)
+				snprintf(c->alert, sizeof(c->alert), "alert %d", ret & 0xff);
+			else
+				snprintf(c->alert, sizeof(c->alert), "%s", d);
+		}
+	}
+}
+
+static void conn_finish(struct conn *c)
+{
+	if (c->ssl) {
+		/* Polite close_notify when the exchange went well and none was sent. */
+		if (!c->error[0] && !c->wr_shut && !(SSL_get_shutdown(c->ssl) & SSL_SENT_SHUTDOWN)) {
+			ERR_clear_error();
+			(void)SSL_shutdown(c->ssl);   /* best effort: we close right after */
+			ERR_clear_error();
+		}
+		SSL_free(c->ssl);
+		c->ssl = NULL;
+	}
+	if (c->fd >= 0) {
+		if (close(c->fd) < 0)
+			set_error(c, "close: %s", strerror(errno));
+		c->fd = -1;
+	}
+	c->t_end = tk_now_ms();
+	c->st = ST_DONE;
+}
+
+static bool need_eof(void)
+{
+	return o.half_close || o.expect_any || o.garbage_set;
+}
+
+/* Final verdict for a connection that ran to the end without an error. */
+static void conn_judge(struct conn *c)
+{
+	if (c->error[0])
+		return;
+	if (!o.expect_any && !o.garbage_set && c->recv != o.expect)
+		set_error(c, "received %llu bytes, expected %llu",
+		          (unsigned long long)c->recv, (unsigned long long)o.expect);
+	if (o.expect_sha) {
+		char hex[65];
+		tk_sha_hex(c->recv_sha, hex);
+		if (strcasecmp(hex, o.expect_sha) != 0)
+			set_error(c, "recv_sha256 %s, expected %s", hex, o.expect_sha);
+	}
+	if (c->echo_check) {
+		char a[65], b[65];
+		tk_sha_hex(c->sent_sha, a);
+		tk_sha_hex(c->recv_sha, b);
+		if (strcmp(a, b) != 0)
+			set_error(c, "echo mismatch: recv_sha256 differs from sent_sha256");
+	}
+}
+
+static void conn_start(struct conn *c)
+{
+	c->t_start = tk_now_ms();
+	c->fd = socket(o.sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (c->fd < 0) {
+		set_error(c, "socket: %s", strerror(errno));
+		conn_finish(c);
+		return;
+	}
+	int one = 1;
+	if (setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0) {
+		set_error(c, "TCP_NODELAY: %s", strerror(errno));
+		conn_finish(c);
+		return;
+	}
+	if (connect(c->fd, (struct sockaddr *)&o.sa, o.salen) == 0) {
+		c->st = ST_CONNECT;   /* done already (loopback); checked below */
+		c->wr_ev = POLLOUT;
+		return;
+	}
+	if (errno != EINPROGRESS && errno != EINTR) {
+		set_error(c, "connect: %s", strerror(errno));
+		conn_finish(c);
+		return;
+	}
+	c->st = ST_CONNECT;
+	c->rd_ev = 0;
+	c->wr_ev = POLLOUT;   /* writable = connect finished, one way or another */
+}
+
+static bool tls_setup(struct conn *c)
+{
+	c->ssl = SSL_new(g_ctx);
+	if (!c->ssl || SSL_set_fd(c->ssl, c->fd) != 1) {
+		char why[300];
+		ssl_reasons(c, why, sizeof(why));
+		set_error(c, "SSL_new: %s", why);
+		return false;
+	}
+	SSL_set_app_data(c->ssl, c);
+	SSL_set_info_callback(c->ssl, info_cb);
+	if (o.servername) {
+		unsigned char ipbuf[16];
+		bool is_ip = inet_pton(AF_INET, o.servername, ipbuf) == 1 ||
+		             inet_pton(AF_INET6, o.servername, ipbuf) == 1;
+		if (!is_ip && SSL_set_tlsext_host_name(c->ssl, o.servername) != 1) {
+			set_error(c, "bad --servername for SNI");
+			return false;
+		}
+		if (!o.no_verify_name) {
+			X509_VERIFY_PARAM *vp = SSL_get0_param(c->ssl);
+			int ok = is_ip ? X509_VERIFY_PARAM_set1_ip_asc(vp, o.servername)
+			               : SSL_set1_host(c->ssl, o.servername);
+			if (ok != 1) {
+				set_error(c, "cannot set the name to verify");
+				return false;
+			}
+		}
+	} else if (!o.no_verify_name) {
+		if (X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(c->ssl), o.host) != 1) {
+			set_error(c, "cannot set the IP to verify");
+			return false;
+		}
+	}
+	SSL_set_connect_state(c->ssl);
+	return true;
+}
+
+static void conn_enter_run(struct conn *c)
+{
+	c->st = ST_RUN;
+	c->hold_until = tk_now_ms() + o.hold_ms;
+	c->rd_ev = POLLIN;
+	c->wr_ev = 0;
+}
+
+/* Does everything possible without blocking; leaves rd_ev/wr_ev set to what
+ * the stalled operations wait for. */
+static void conn_step(struct conn *c)
+{
+	if (c->st == ST_CONNECT) {
+		int err = 0;
+		socklen_t len = sizeof(err);
+		if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+			err = errno;
+		if (err == EINPROGRESS || err == EALREADY)
+			return;
+		if (err == 0) {
+			struct sockaddr_storage peer;
+			socklen_t pl = sizeof(peer);
+			if (getpeername(c->fd, (struct sockaddr *)&peer, &pl) < 0) {
+				if (errno == ENOTCONN)
+					return;   /* still connecting: spurious wakeup */
+				err = errno;
+			}
+		}
+		if (err) {
+			set_error(c, "connect: %s", strerror(err));
+			conn_finish(c);
+			return;
+		}
+		c->connected = true;
+		if (o.tls) {
+			if (!tls_setup(c)) {
+				conn_finish(c);
+				return;
+			}
+			c->st = ST_HANDSHAKE;
+		} else {
+			c->handshake = "none";
+			conn_enter_run(c);
+		}
+	}
+
+	if (c->st == ST_HANDSHAKE) {
+		ERR_clear_error();
+		errno = 0;
+		int r = SSL_connect(c->ssl);
+		if (r != 1) {
+			short ev = 0;
+			enum io res = ssl_fail(c, r, errno, "handshake", &ev);
+			if (res == IO_AGAIN) {
+				c->rd_ev = ev;
+				c->wr_ev = 0;
+				return;
+			}
+			if (res == IO_EOF)
+				set_error(c, "handshake: connection closed by peer");
+			c->handshake = "failed";
+			if (c->alert[0] && !strstr(c->error, "alert")) {
+				size_t l = strlen(c->error);
+				snprintf(c->error + l, sizeof(c->error) - l, " (alert: %s)", c->alert);
+			}
+			conn_finish(c);
+			return;
+		}
+		c->handshake = "ok";
+		c->tls_version_s = SSL_get_version(c->ssl);
+		c->cipher_s = SSL_get_cipher_name(c->ssl);
+		conn_enter_run(c);
+	}
+
+	if (c->st != ST_RUN)
+		return;
+
+	c->busy = true;   /* cleared when an iteration makes no progress */
+	for (int rounds = 0; rounds < 64; rounds++) {
+		bool progress = false;
+		uint64_t now = tk_now_ms();
+
+		/* receive */
+		if (!c->eof) {
+			size_t got = 0;
+			enum io r = io_read(c, &got);
+			if (r == IO_OK) {
+				progress = true;
+				if (c->echo_check && c->mismatch_at < 0) {
+					uint8_t want[sizeof(g_rbuf)];
+					tk_prng_fill(&c->check_prng, want, got);
+					if (memcmp(want, g_rbuf, got) != 0) {
+						size_t i = 0;
+						while (want[i] == g_rbuf[i])
+							i++;
+						c->mismatch_at = (int64_t)(c->recv + i);
+						set_error(c, "echo mismatch at byte %lld", (long long)c->mismatch_at);
+					}
+				}
+				tk_sha_update(c->recv_sha, g_rbuf, got);
+				c->recv += got;
+				if (!o.expect_any && !o.garbage_set && c->recv > o.expect)
+					set_error(c, "received more than the %llu bytes expected",
+					          (unsigned long long)o.expect);
+				if (c->error[0]) {
+					conn_finish(c);
+					return;
+				}
+			} else if (r == IO_EOF) {
+				progress = true;
+				c->eof = true;
+				c->rd_ev = 0;
+				if (!o.expect_any && !o.garbage_set && c->recv < o.expect)
+					set_error(c, "connection closed by peer after %llu of %llu bytes",
+					          (unsigned long long)c->recv, (unsigned long long)o.expect);
+				else if (now < c->hold_until)
+					set_error(c, "connection closed by peer during --hold, after %llu ms",
+					          (unsigned long long)(now - c->t_start));
+				if (c->error[0]) {
+					conn_finish(c);
+					return;
+				}
+			} else if (r == IO_ERR) {
+				if (o.garbage_set && c->reset) {
+					c->error[0] = '\0';   /* a reset is the answer garbage wants */
+					conn_finish(c);
+					return;
+				}
+				if (c->alert[0] && !strstr(c->error, "alert")) {
+					size_t l = strlen(c->error);
+					snprintf(c->error + l, sizeof(c->error) - l, " (alert: %s)", c->alert);
+				}
+				conn_finish(c);
+				return;
+			}
+		}
+
+		/* send, after the hold */
+		c->wr_ev = 0;
+		if (now >= c->hold_until) {
+			if (c->sent < c->send_total) {
+				if (c->sbuf_off == c->sbuf_len) {
+					uint64_t left = c->send_total - c->sent;
+					size_t n = left < CHUNK ? (size_t)left : CHUNK;
+					tk_prng_fill(&c->send_prng, c->sbuf, n);
+					c->sbuf_off = 0;
+					c->sbuf_len = n;
+				}
+				size_t put = 0;
+				enum io r = io_write(c, c->sbuf + c->sbuf_off, c->sbuf_len - c->sbuf_off, &put);
+				if (r == IO_OK) {
+					tk_sha_update(c->sent_sha, c->sbuf + c->sbuf_off, put);
+					c->sbuf_off += put;
+					c->sent += put;
+					progress = true;
+				} else if (r == IO_ERR) {
+					if (o.garbage_set && c->reset) {
+						c->error[0] = '\0';   /* reset while sending garbage: the peer refused it */
+						conn_finish(c);
+						return;
+					}
+					conn_finish(c);
+					return;
+				}
+			} else if (o.half_close && !c->wr_shut) {
+				if (c->ssl) {
+					ERR_clear_error();
+					errno = 0;
+					int r = SSL_shutdown(c->ssl);
+					if (r >= 0) {
+						c->wr_shut = true;   /* close_notify sent (0) or both done (1) */
+						progress = true;
+					} else {
+						enum io res = ssl_fail(c, r, errno, "tls shutdown", &c->wr_ev);
+						if (res == IO_ERR || res == IO_EOF) {
+							if (res == IO_EOF)
+								set_error(c, "tls shutdown: connection closed by peer");
+							conn_finish(c);
+							return;
+						}
+					}
+				} else {
+					if (shutdown(c->fd, SHUT_WR) < 0) {
+						set_error(c, "shutdown: %s", strerror(errno));
+						conn_finish(c);
+						return;
+					}
+					c->wr_shut = true;
+					progress = true;
+				}
+			}
+		}
+
+		/* done? */
+		bool send_done = c->sent == c->send_total && (!o.half_close || c->wr_shut);
+		bool recv_done = need_eof() ? c->eof : c->recv >= o.expect;
+		if (send_done && recv_done && now >= c->hold_until) {
+			conn_judge(c);
+			conn_finish(c);
+			return;
+		}
+		if (!progress) {
+			c->busy = false;
+			break;
+		}
+	}
+}
+
+/* ---- output --------------------------------------------------------------- */
+
+static void json_str(FILE *f, const char *s)
+{
+	if (!s) {
+		fputs("null", f);
+		return;
+	}
+	fputc('"', f);
+	for (; *s; s++) {
+		unsigned char ch = (unsigned char)*s;
+		if (ch == '"' || ch == '\\')
+			fprintf(f, "\\%c", ch);
+		else if (ch < 0x20)
+			fprintf(f, "\\u%04x", ch);
+		else
+			fputc(ch, f);
+	}
+	fputc('"', f);
+}
+
+static void print_conn(const struct conn *c)
+{
+	char sh[65], rh[65];
+	tk_sha_hex(c->sent_sha, sh);
+	tk_sha_hex(c->recv_sha, rh);
+	printf("{\"connected\":%s,\"handshake\":", c->connected ? "true" : "false");
+	json_str(stdout, c->handshake);
+	printf(",\"tls_version\":");
+	json_str(stdout, c->tls_version_s);
+	printf(",\"cipher\":");
+	json_str(stdout, c->cipher_s);
+	printf(",\"sent\":%llu,\"sent_sha256\":\"%s\",\"recv\":%llu,\"recv_sha256\":\"%s\"",
+	       (unsigned long long)c->sent, sh, (unsigned long long)c->recv, rh);
+	printf(",\"eof\":%s,\"close_notify\":%s,\"reset\":%s,\"alert\":",
+	       c->eof ? "true" : "false",
+	       o.tls ? (c->close_notify ? "true" : "false") : "null",
+	       c->reset ? "true" : "false");
+	json_str(stdout, c->alert[0] ? c->alert : NULL);
+	printf(",\"error\":");
+	json_str(stdout, c->error[0] ? c->error : NULL);
+	printf(",\"ms\":%llu}\n", (unsigned long long)(c->t_end - c->t_start));
+}
+
+/* ---- setup and the loop --------------------------------------------------- */
+
+static void usage(const char *why)
+{
+	if (why)
+		fprintf(stderr, "client: %s\n", why);
+	fprintf(stderr,
+	        "usage: client --connect ADDR [--tls --ca F (--cert F --key F | --no-cert)\n"
+	        "              [--servername NAME | --no-verify-name] [--tls-version 1.2|1.3] [--cipher NAME]]\n"
+	        "              [--send N] [--seed S] [--expect N | --expect-any] [--expect-sha256 HEX]\n"
+	        "              [--half-close] [--hold SECONDS] [--garbage N]\n"
+	        "              [--count C] [--parallel P] [--timeout SECONDS]\n"
+	        "  sizes take K/M/G suffixes (KiB/MiB/GiB)\n");
+	exit(2);
+}
+
+static uint64_t parse_seconds_ms(const char *s, const char *what)
+{
+	char *ep;
+	errno = 0;
+	double v = strtod(s, &ep);
+	if (errno || ep == s || *ep != '\0' || !(v >= 0) || v > 1e7) {
+		fprintf(stderr, "client: bad %s '%s'\n", what, s);
+		exit(2);
+	}
+	return (uint64_t)(v * 1000.0 + 0.5);
+}
+
+static uint64_t parse_size(const char *s, const char *what)
+{
+	uint64_t v;
+	if (tk_parse_u64(s, &v) < 0) {
+		fprintf(stderr, "client: bad %s '%s'\n", what, s);
+		exit(2);
+	}
+	return v;
+}
+
+static void die_ssl(const char *what)
+{
+	fprintf(stderr, "client: %s: ", what);
+	ERR_print_errors_fp(stderr);
+	fputc('\n', stderr);
+	exit(2);
+}
+
+static void make_ctx(void)
+{
+	g_ctx = SSL_CTX_new(TLS_client_method());
+	if (!g_ctx)
+		die_ssl("SSL_CTX_new");
+	int v = o.tls_version == 13 ? TLS1_3_VERSION : TLS1_2_VERSION;
+	if (SSL_CTX_set_min_proto_version(g_ctx, v) != 1)
+		die_ssl("min version");
+	if (o.tls_version && SSL_CTX_set_max_proto_version(g_ctx, v) != 1)
+		die_ssl("max version");
+	if (o.cipher) {
+		/* TLS 1.3 suites are named TLS_*; anything else is a 1.2 cipher list. */
+		int ok = strncmp(o.cipher, "TLS_", 4) == 0 ? SSL_CTX_set_ciphersuites(g_ctx, o.cipher)
+		                                            : SSL_CTX_set_cipher_list(g_ctx, o.cipher);
+		if (ok != 1)
+			die_ssl("--cipher");
+	}
+	if (SSL_CTX_load_verify_locations(g_ctx, o.ca, NULL) != 1)
+		die_ssl("--ca");
+	SSL_CTX_set_verify(g_ctx, SSL_VERIFY_PEER, NULL);
+	if (!o.no_cert) {
+		if (SSL_CTX_use_certificate_chain_file(g_ctx, o.cert) != 1)
+			die_ssl("--cert");
+		if (SSL_CTX_use_PrivateKey_file(g_ctx, o.key, SSL_FILETYPE_PEM) != 1)
+			die_ssl("--key");
+		if (SSL_CTX_check_private_key(g_ctx) != 1)
+			die_ssl("--cert/--key do not match");
+	}
+	SSL_CTX_set_mode(g_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+	SSL_CTX_set_session_cache_mode(g_ctx, SSL_SESS_CACHE_OFF);
+}
+
+static void parse_args(int argc, char **argv)
+{
+	enum {
+		O_CONNECT = 256, O_TLS, O_CERT, O_KEY, O_CA, O_SNI, O_NOVERIFY, O_VER, O_CIPHER,
+		O_NOCERT, O_SEND, O_SEED, O_EXPECT, O_EXPECT_ANY, O_EXPECT_SHA, O_HALF, O_HOLD,
+		O_GARBAGE, O_COUNT, O_PAR, O_TIMEOUT, O_HELP,
+	};
+	static const struct option opts[] = {
+		{ "connect", required_argument, NULL, O_CONNECT },
+		{ "tls", no_argument, NULL, O_TLS },
+		{ "cert", required_argument, NULL, O_CERT },
+		{ "key", required_argument, NULL, O_KEY },
+		{ "ca", required_argument, NULL, O_CA },
+		{ "servername", required_argument, NULL, O_SNI },
+		{ "no-verify-name", no_argument, NULL, O_NOVERIFY },
+		{ "tls-version", required_argument, NULL, O_VER },
+		{ "cipher", required_argument, NULL, O_CIPHER },
+		{ "no-cert", no_argument, NULL, O_NOCERT },
+		{ "send", required_argument, NULL, O_SEND },
+		{ "seed", required_argument, NULL, O_SEED },
+		{ "expect", required_argument, NULL, O_EXPECT },
+		{ "expect-any", no_argument, NULL, O_EXPECT_ANY },
+		{ "expect-sha256", required_argument, NULL, O_EXPECT_SHA },
+		{ "half-close", no_argument, NULL, O_HALF },
+		{ "hold", required_argument, NULL, O_HOLD },
+		{ "garbage", required_argument, NULL, O_GARBAGE },
+		{ "count", required_argument, NULL, O_COUNT },
+		{ "parallel", required_argument, NULL, O_PAR },
+		{ "timeout", required_argument, NULL, O_TIMEOUT },
+		{ "help", no_argument, NULL, O_HELP },
+		{ 0, 0, 0, 0 },
+	};
+	int c;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (c) {
+		case O_CONNECT: o.connect = optarg; break;
+		case O_TLS: o.tls = true; break;
+		case O_CERT: o.cert = optarg; break;
+		case O_KEY: o.key = optarg; break;
+		case O_CA: o.ca = optarg; break;
+		case O_SNI: o.servername = optarg; break;
+		case O_NOVERIFY: o.no_verify_name = true; break;
+		case O_VER:
+			if (strcmp(optarg, "1.2") == 0)
+				o.tls_version = 12;
+			else if (strcmp(optarg, "1.3") == 0)
+				o.tls_version = 13;
+			else
+				usage("--tls-version wants 1.2 or 1.3");
+			break;
+		case O_CIPHER: o.cipher = optarg; break;
+		case O_NOCERT: o.no_cert = true; break;
+		case O_SEND: o.send = parse_size(optarg, "--send"); break;
+		case O_SEED: o.seed = parse_size(optarg, "--seed"); break;
+		case O_EXPECT: o.expect = parse_size(optarg, "--expect"); o.expect_set = true; break;
+		case O_EXPECT_ANY: o.expect_any = true; break;
+		case O_EXPECT_SHA: o.expect_sha = optarg; break;
+		case O_HALF: o.half_close = true; break;
+		case O_HOLD: o.hold_ms = parse_seconds_ms(optarg, "--hold"); break;
+		case O_GARBAGE: o.garbage = parse_size(optarg, "--garbage"); o.garbage_set = true; break;
+		case O_COUNT: o.count = parse_size(optarg, "--count"); break;
+		case O_PAR: o.parallel = parse_size(optarg, "--parallel"); break;
+		case O_TIMEOUT: o.timeout_ms = parse_seconds_ms(optarg, "--timeout"); break;
+		default: usage(NULL);
+		}
+	}
+	if (optind != argc)
+		usage("unexpected argument");
+	if (!o.connect)
+		usage("--connect is required");
+	if (tk_parse_addr(o.connect, &o.sa, &o.salen) < 0)
+		usage("bad --connect (want 1.2.3.4:port or [::1]:port)");
+	tk_format_addr(&o.sa, o.host, sizeof(o.host), 0);
+	if (o.expect_set && o.expect_any)
+		usage("--expect and --expect-any exclude each other");
+	if (o.garbage_set && (o.tls || o.send || o.expect_set || o.expect_any || o.half_close))
+		usage("--garbage excludes --tls, --send, --expect*, --half-close");
+	if (o.expect_sha && strlen(o.expect_sha) != 64)
+		usage("--expect-sha256 wants 64 hex digits");
+	if (o.count == 0 || o.parallel == 0 || o.parallel > 10000)
+		usage("--count >= 1, 1 <= --parallel <= 10000");
+	if (o.tls) {
+		if (!o.ca)
+			usage("--tls needs --ca");
+		if (!o.no_cert && (!o.cert || !o.key))
+			usage("--tls needs --cert and --key (or --no-cert)");
+		if (o.no_cert && (o.cert || o.key))
+			usage("--no-cert excludes --cert/--key");
+	} else if (o.cert || o.key || o.ca || o.servername || o.tls_version || o.cipher || o.no_cert) {
+		usage("TLS options need --tls");
+	}
+}
+
+static struct conn *conn_new(void)
+{
+	struct conn *c = calloc(1, sizeof(*c));
+	if (!c || !(c->sbuf = malloc(CHUNK))) {
+		fprintf(stderr, "client: out of memory\n");
+		exit(1);
+	}
+	c->fd = -1;
+	c->st = ST_NEW;
+	c->send_total = o.garbage_set ? o.garbage : o.send;
+	tk_prng_init(&c->send_prng, o.seed);
+	tk_prng_init(&c->check_prng, o.seed);
+	c->sent_sha = tk_sha_new();
+	c->recv_sha = tk_sha_new();
+	c->echo_check = !o.expect_set && !o.expect_any && !o.garbage_set;
+	c->mismatch_at = -1;
+	return c;
+}
+
+static void conn_free(struct conn *c)
+{
+	EVP_MD_CTX_free(c->sent_sha);
+	EVP_MD_CTX_free(c->recv_sha);
+	free(c->sbuf);
+	free(c);
+}
+
+int main(int argc, char **argv)
+{
+	parse_args(argc, argv);
+	if (!o.expect_set && !o.expect_any)
+		o.expect = o.send;   /* what an echo server sends back */
+	if (signal(SIGPIPE, SIG_IGN) == SIG_ERR) {
+		perror("client: signal");
+		return 1;
+	}
+	if (o.tls)
+		make_ctx();
+
+	uint64_t t0 = tk_now_ms(), deadline = t0 + o.timeout_ms;
+	size_t slots = o.parallel < o.count ? (size_t)o.parallel : (size_t)o.count;
+	struct conn **live = calloc(slots, sizeof(*live));
+	struct pollfd *pfd = calloc(slots, sizeof(*pfd));
+	if (!live || !pfd) {
+		fprintf(stderr, "client: out of memory\n");
+		return 1;
+	}
+	uint64_t started = 0, finished = 0, ok = 0, failed = 0;
+	uint64_t tot_sent = 0, tot_recv = 0;
+	char first_error[600] = "";
+	bool timed_out = false;
+
+	while (finished < o.count) {
+		/* fill free slots */
+		for (size_t i = 0; i < slots && started < o.count; i++) {
+			if (live[i])
+				continue;
+			live[i] = conn_new();
+			started++;
+			conn_start(live[i]);
+			if (live[i]->st != ST_DONE)
+				conn_step(live[i]);
+		}
+		/* reap finished ones, build the poll set */
+		uint64_t now = tk_now_ms();
+		uint64_t wake = deadline;
+		nfds_t n = 0;
+		for (size_t i = 0; i < slots; i++) {
+			struct conn *c = live[i];
+			if (!c)
+				continue;
+			if (c->st != ST_DONE && now >= deadline) {
+				set_error(c, "timeout after %llu ms (sent %llu of %llu, received %llu%s)",
+				          (unsigned long long)(now - c->t_start), (unsigned long long)c->sent,
+				          (unsigned long long)c->send_total, (unsigned long long)c->recv,
+				          c->st == ST_CONNECT ? ", connecting" :
+				          c->st == ST_HANDSHAKE ? ", in handshake" : "");
+				if (c->st == ST_HANDSHAKE)
+					c->handshake = "failed";
+				timed_out = true;
+				conn_finish(c);
+			}
+			if (c->st == ST_DONE) {
+				if (c->error[0]) {
+					failed++;
+					if (!first_error[0])
+						snprintf(first_error, sizeof(first_error), "%s", c->error);
+				} else {
+					ok++;
+				}
+				tot_sent += c->sent;
+				tot_recv += c->recv;
+				if (o.count == 1)
+					print_conn(c);
+				conn_free(c);
+				live[i] = NULL;
+				finished++;
+				continue;
+			}
+			if (c->st == ST_RUN && now < c->hold_until && c->hold_until < wake)
+				wake = c->hold_until;
+			if (c->busy)
+				wake = now;
+			pfd[n].fd = c->fd;
+			pfd[n].events = (short)(c->rd_ev | c->wr_ev);
+			pfd[n].revents = 0;
+			n++;
+		}
+		if (finished >= o.count)
+			break;
+		if (n == 0)
+			continue;   /* all slots free: start more */
+		int ms = wake > now ? (int)(wake - now) : 0;
+		int r = poll(pfd, n, ms);
+		if (r < 0 && errno != EINTR) {
+			perror("client: poll");
+			return 1;
+		}
+		/* step every live connection: cheap, and covers hold expiry */
+		for (size_t i = 0; i < slots; i++)
+			if (live[i] && live[i]->st != ST_DONE)
+				conn_step(live[i]);
+	}
+
+	if (o.count > 1) {
+		printf("{\"count\":%llu,\"parallel\":%llu,\"ok\":%llu,\"failed\":%llu,"
+		       "\"sent\":%llu,\"recv\":%llu,\"timeout\":%s,\"first_error\":",
+		       (unsigned long long)o.count, (unsigned long long)slots, (unsigned long long)ok,
+		       (unsigned long long)failed, (unsigned long long)tot_sent,
+		       (unsigned long long)tot_recv, timed_out ? "true" : "false");
+		json_str(stdout, first_error[0] ? first_error : NULL);
+		printf(",\"ms\":%llu}\n", (unsigned long long)(tk_now_ms() - t0));
+	}
+	if (fflush(stdout) == EOF) {
+		perror("client: stdout");
+		return 1;
+	}
+	free(live);
+	free(pfd);
+	SSL_CTX_free(g_ctx);
+	return failed == 0 ? 0 : 1;
+}
