@@ -93,6 +93,7 @@ struct raw_tls {
 	char *key;
 	char *crl;
 	char *verify_depth;
+	char *ktls;
 };
 
 struct raw_log {
@@ -191,6 +192,7 @@ static const cyaml_schema_field_t tls_fields[] = {
 	STR("key", OPT, struct raw_tls, key),
 	STR("crl", OPT, struct raw_tls, crl),
 	STR("verify_depth", OPT, struct raw_tls, verify_depth),
+	STR("ktls", OPT, struct raw_tls, ktls),
 	CYAML_FIELD_END
 };
 
@@ -904,6 +906,7 @@ static const char *const level_names[] = { "debug", "info", "warn", "error", NUL
 static const char *const format_names[] = { "json", "text", NULL };
 static const char *const mode_names[] = { "mtls", "tcp", NULL };
 static const char *const balance_names[] = { "least_conn", NULL };
+static const char *const ktls_names[] = { "auto", "off", "require", NULL };
 
 static int check_top(struct load_ctx *c, const struct raw_config *r, struct sluice_config *cfg)
 {
@@ -1245,6 +1248,7 @@ static int check_tls(struct load_ctx *c, const struct raw_config *r, struct slui
 	const struct raw_tls *t = r->tls;
 	int mtls = -1;
 	uint64_t v;
+	int e;
 
 	for (unsigned i = 0; i < cfg->n_listeners && mtls < 0; i++)
 		if (cfg->listeners[i].mode == SLUICE_MODE_MTLS)
@@ -1267,6 +1271,7 @@ static int check_tls(struct load_ctx *c, const struct raw_config *r, struct slui
 		}
 	}
 	cfg->tls.verify_depth = 4;
+	cfg->tls.ktls = SLUICE_KTLS_AUTO;
 	if (t == NULL)
 		return 0;
 
@@ -1283,6 +1288,10 @@ static int check_tls(struct load_ctx *c, const struct raw_config *r, struct slui
 	if (get_uint(c, "tls.verify_depth", t->verify_depth, 1, MAX_VERIFY_DEPTH, 4, &v) < 0)
 		return -1;
 	cfg->tls.verify_depth = (unsigned)v;
+	if (get_choice(c, "tls.ktls", "ktls", t->ktls, ktls_names, "use auto, off or require",
+	               SLUICE_KTLS_AUTO, &e) < 0)
+		return -1;
+	cfg->tls.ktls = (enum sluice_ktls_mode)e;
 	return 0;
 }
 

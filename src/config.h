@@ -16,6 +16,10 @@ enum sluice_log_level { SLUICE_LOG_DEBUG, SLUICE_LOG_INFO, SLUICE_LOG_WARN, SLUI
 enum sluice_log_format { SLUICE_LOG_JSON, SLUICE_LOG_TEXT };
 enum sluice_listener_mode { SLUICE_MODE_MTLS, SLUICE_MODE_TCP };
 enum sluice_balance { SLUICE_BALANCE_LEAST_CONN };
+/* tls.ktls: auto = use kernel TLS where it engages, else userspace;
+ * off = always userspace; require = refuse to start without the tls ULP and
+ * refuse connections where it does not engage both ways. */
+enum sluice_ktls_mode { SLUICE_KTLS_AUTO, SLUICE_KTLS_OFF, SLUICE_KTLS_REQUIRE };
 
 /* How a clients[] entry names who it applies to. */
 enum sluice_id_kind {
@@ -79,6 +83,7 @@ struct sluice_tls_cfg {
 	char *key;
 	char *crl;                  /* optional */
 	unsigned verify_depth;      /* default 4 */
+	enum sluice_ktls_mode ktls; /* default auto */
 };
 
 struct sluice_config {

@@ -76,6 +76,7 @@ static const char *datapath_name(enum sluice_datapath d)
 {
 	switch (d) {
 	case SLUICE_DP_SPLICE: return "splice";
+	case SLUICE_DP_KTLS: return "ktls";
 	case SLUICE_DP_USERSPACE: return "userspace";
 	default: return NULL;
 	}
@@ -102,6 +103,10 @@ static void conn_log(struct sluice_conn *c)
 	if (c->client.ssl && SSL_is_init_finished(c->client.ssl)) {
 		sluice_logline_str(&l, "tls_version", SSL_get_version(c->client.ssl));
 		sluice_logline_str(&l, "cipher", SSL_get_cipher_name(c->client.ssl));
+		sluice_logline_bool(&l, "ktls_tx", c->client.ktls_tx);
+		sluice_logline_bool(&l, "ktls_rx", c->client.ktls_rx);
+		if (c->ktls_why[0] && c->w->proxy->ktls)
+			sluice_logline_str(&l, "ktls_detail", c->ktls_why);
 	}
 	sluice_logline_str(&l, "result", c->result);
 	if (c->detail[0])
@@ -135,6 +140,7 @@ void sluice_conn_close(struct sluice_conn *c, const char *result, const char *de
 		c->limit_ref = NULL;
 	}
 	sluice_identity_clear(&c->id);
+	OPENSSL_cleanse(&c->secret, sizeof(c->secret));
 
 	/* live list -> graveyard: queued events for this connection may still
 	 * be dispatched in this iteration; they see CLOSED and return. */
@@ -236,6 +242,45 @@ refuse:
 	return 0;
 }
 
+/* ---- kTLS ---- */
+
+/* OpenSSL calls this for every TLS message it reads.  Only installed when
+ * the kernel sends and OpenSSL reads (TLS 1.3 receive key not installed):
+ * a KeyUpdate must then end the connection before OpenSSL answers it. */
+static void conn_msg_cb(int write_p, int version, int content_type, const void *buf, size_t len,
+                        SSL *ssl, void *arg)
+{
+	struct sluice_side *s = arg;
+
+	(void)version;
+	(void)ssl;
+	if (!write_p && content_type == SSL3_RT_HANDSHAKE && len > 0 &&
+	    ((const unsigned char *)buf)[0] == SSL3_MT_KEY_UPDATE)
+		s->keyupdate_seen = true;
+}
+
+/* Right after the handshake, before OpenSSL could read application data:
+ * move record crypto into the kernel where it can go.  Returns -1 when the
+ * connection was closed (ktls: require and it did not engage). */
+static int conn_ktls_engage(struct sluice_conn *c)
+{
+	struct sluice_side *s = &c->client;
+
+	if (!c->w->proxy->ktls)
+		return 0;
+	sluice_ktls_engage(s->ssl, s->io.fd, &c->secret, &s->ktls_tx, &s->ktls_rx, c->ktls_why,
+	                   sizeof(c->ktls_why));
+	if (s->ktls_tx && !s->ktls_rx && SSL_version(s->ssl) == TLS1_3_VERSION) {
+		SSL_set_msg_callback(s->ssl, conn_msg_cb);
+		SSL_set_msg_callback_arg(s->ssl, s);
+	}
+	if (conn_cfg(c)->tls.ktls == SLUICE_KTLS_REQUIRE && !(s->ktls_tx && s->ktls_rx)) {
+		sluice_conn_close(c, "ktls_required", c->ktls_why);
+		return -1;
+	}
+	return 0;
+}
+
 /* ---- handshake ---- */
 
 static void conn_handshake(struct sluice_conn *c)
@@ -252,6 +297,8 @@ static void conn_handshake(struct sluice_conn *c)
 			sluice_conn_close(c, "unauthorized", "handshake completed without admission");
 			return;
 		}
+		if (conn_ktls_engage(c) < 0)
+			return;
 		conn_connect_next(c);
 		return;
 	}
@@ -399,8 +446,17 @@ static void conn_relay(struct sluice_conn *c)
 
 static void conn_relay_start(struct sluice_conn *c)
 {
+	struct sluice_side *cl = &c->client;
+
 	c->state = SLUICE_CONN_RELAY;
-	c->datapath = c->client.ssl ? SLUICE_DP_USERSPACE : SLUICE_DP_SPLICE;
+	c->c2u.splice = !cl->ssl || cl->ktls_rx;
+	c->u2c.splice = !cl->ssl || cl->ktls_tx;
+	if (!cl->ssl)
+		c->datapath = SLUICE_DP_SPLICE;
+	else if (c->c2u.splice && c->u2c.splice)
+		c->datapath = SLUICE_DP_KTLS;
+	else
+		c->datapath = SLUICE_DP_USERSPACE;
 	c->last_active_ms = sluice_now_ms();
 	conn_relay_arm(c);
 	/* Bytes may already be waiting (sent with the client's Finished, or
@@ -527,6 +583,10 @@ void sluice_conn_accept(struct sluice_listener *l, int fd, const struct sluice_s
 		return;
 	}
 	SSL_set_app_data(c->client.ssl, c);
+	if (w->proxy->ktls && sluice_ktls_attach(c->client.ssl, &c->secret) < 0) {
+		sluice_conn_close(c, "internal", "SSL_set_ex_data failed");
+		return;
+	}
 	conn_arm(c, deadline(c->start_ms, lc->timeouts.handshake_ms));
 	conn_handshake(c);
 }

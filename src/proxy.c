@@ -356,9 +356,26 @@ int sluice_proxy_create(const char *config_path, struct sluice_proxy **out, char
 	sluice_log_setup(cfg->log_level, cfg->log_format);
 
 	if (config_has_mtls(cfg)) {
+		char why[160];
+
 		p->ssl_ctx = sluice_tls_server_ctx(&cfg->tls, sluice_conn_verify_cb, err, errlen);
 		if (!p->ssl_ctx)
 			goto fail;
+		if (cfg->tls.ktls != SLUICE_KTLS_OFF) {
+			if (sluice_ktls_available(why, sizeof(why))) {
+				if (sluice_ktls_init() < 0) {
+					snprintf(err, errlen, "kTLS: cannot allocate SSL ex_data index");
+					goto fail;
+				}
+				sluice_ktls_ctx_enable(p->ssl_ctx);
+				p->ktls = true;
+			} else if (cfg->tls.ktls == SLUICE_KTLS_REQUIRE) {
+				snprintf(err, errlen, "tls.ktls is require but kTLS is unavailable: %s", why);
+				goto fail;
+			} else {
+				snprintf(p->ktls_why, sizeof(p->ktls_why), "%s", why);
+			}
+		}
 	}
 	p->limits = sluice_limits_new();
 	p->pools = calloc(cfg->n_upstreams, sizeof(*p->pools));
@@ -405,11 +422,23 @@ static void log_startup(const struct sluice_proxy *p)
 		sluice_log(SLUICE_LOG_INFO, "listen", "listener %s on %s mode %s -> upstream %s (datapath %s)",
 		           l->name, l->listen, l->mode == SLUICE_MODE_MTLS ? "mtls" : "tcp",
 		           cfg->upstreams[l->upstream].name,
-		           l->mode == SLUICE_MODE_MTLS ? "userspace" : "splice");
+		           l->mode == SLUICE_MODE_TCP ? "splice" : p->ktls ? "ktls" : "userspace");
 	}
-	/* Said once so operators know what the kernel is not doing for us. */
-	sluice_log(SLUICE_LOG_INFO, "datapath",
-	           "kTLS not used yet (userspace TLS); BPF not used (counters in atomics)");
+	/* Said once so operators know what the kernel is or is not doing. */
+	if (!p->ssl_ctx)
+		;
+	else if (p->ktls)
+		sluice_log(SLUICE_LOG_INFO, "ktls",
+		           "kTLS available: TLS 1.2 offloaded both ways by OpenSSL, TLS 1.3 receive key "
+		           "installed by sluice; a client KeyUpdate closes the connection (%s)",
+		           sluice_ktls_can_rekey() ? "this kernel could rekey; sluice does not yet"
+		                                   : "this kernel cannot rekey");
+	else if (cfg->tls.ktls == SLUICE_KTLS_OFF)
+		sluice_log(SLUICE_LOG_INFO, "ktls", "kTLS off by configuration: TLS records in userspace");
+	else
+		sluice_log(SLUICE_LOG_WARN, "ktls", "kTLS unavailable: %s; TLS records in userspace",
+		           p->ktls_why);
+	sluice_log(SLUICE_LOG_INFO, "bpf", "BPF not used yet: connection counters in atomics");
 }
 
 int sluice_proxy_run(struct sluice_proxy *p)

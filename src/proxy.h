@@ -15,6 +15,7 @@
 #include "balance.h"
 #include "config.h"
 #include "identity.h"
+#include "ktls.h"
 #include "limit.h"
 #include "loop.h"
 
@@ -24,6 +25,8 @@ struct sluice_conn;
 struct sluice_proxy {
 	struct sluice_config *cfg;
 	SSL_CTX *ssl_ctx;              /* NULL when no listener is mtls */
+	bool ktls;                     /* kTLS enabled: configured and the kernel has it */
+	char ktls_why[160];            /* why not, when configured but unavailable */
 	struct sluice_pool *pools;     /* one per cfg->upstreams[] */
 	struct sluice_limits *limits;
 	struct sluice_worker *workers;
@@ -84,7 +87,7 @@ enum sluice_conn_state {
 	                          iteration (events for it may still be queued) */
 };
 
-enum sluice_datapath { SLUICE_DP_NONE, SLUICE_DP_SPLICE, SLUICE_DP_USERSPACE };
+enum sluice_datapath { SLUICE_DP_NONE, SLUICE_DP_SPLICE, SLUICE_DP_KTLS, SLUICE_DP_USERSPACE };
 
 /* One end of the pair.  client and upstream have the same shape. */
 struct sluice_side {
@@ -93,6 +96,8 @@ struct sluice_side {
 	SSL *ssl;                      /* NULL on plain TCP sides */
 	bool tls_broken;               /* TLS ended without close_notify (or failed):
 	                                  OpenSSL refuses to write on it any more */
+	bool ktls_tx, ktls_rx;         /* record crypto in the kernel, per direction */
+	bool keyupdate_seen;           /* a KeyUpdate reached OpenSSL (kTLS TX only) */
 };
 
 /* One direction of the relay: bytes from src to dst. */
@@ -104,6 +109,7 @@ struct sluice_flow {
 	size_t off, len;
 	bool src_eof;                  /* src has no more bytes (FIN / close_notify) */
 	bool dst_shut;                 /* EOF passed on to dst: this direction is done */
+	bool splice;                   /* both ends are plain TCP or kTLS that way */
 	uint64_t bytes;
 };
 
@@ -120,6 +126,9 @@ struct sluice_conn {
 	struct sluice_sockaddr peer;
 	struct sluice_timer timer;     /* the current state's deadline */
 	uint64_t start_ms, last_active_ms;
+
+	struct sluice_ktls_secret secret;  /* TLS 1.3 client secret, until installed */
+	char ktls_why[96];             /* why kTLS did not engage both ways */
 
 	struct sluice_identity id;
 	bool id_read;                  /* id holds the client certificate's names */

@@ -1,9 +1,12 @@
 /* Relay: moving bytes between the two sides of a connection.
  *
- * Two datapaths, chosen per connection:
- *   splice     plain TCP both sides: socket -> pipe -> socket, zero copy.
- *   userspace  a TLS side: SSL_read/SSL_write through one buffer per
- *              direction (the kTLS issue replaces this where it can).
+ * Each direction (flow) is one of two kinds, chosen when the relay starts:
+ *   splice     both ends plain TCP or kTLS that way: socket -> pipe ->
+ *              socket, zero copy; the kernel does any record crypto.
+ *   copy       a TLS end that OpenSSL handles: SSL_read/SSL_write through
+ *              one buffer.
+ * The connection's datapath (logged) is splice (plain TCP), ktls (TLS with
+ * both directions spliced) or userspace (any direction through OpenSSL).
  * A flow (one direction) holds a pipe or buffer only while bytes are in
  * flight, so an idle connection costs no pipe fds and no buffer memory.
  *
@@ -28,6 +31,7 @@
 #include <openssl/err.h>
 
 #include "common.h"
+#include "ktls.h"
 #include "proxy.h"
 #include "tls.h"
 
@@ -205,6 +209,9 @@ static int flow_shutdown_dst(struct sluice_conn *c, struct sluice_flow *f)
 
 /* ---- splice: plain TCP to plain TCP ---- */
 
+static ssize_t side_write(struct sluice_conn *c, struct sluice_side *s, const char *buf, size_t len);
+static int flow_ktls_record(struct sluice_conn *c, struct sluice_flow *f);
+
 static int flow_splice(struct sluice_conn *c, struct sluice_flow *f)
 {
 	int round;
@@ -212,6 +219,22 @@ static int flow_splice(struct sluice_conn *c, struct sluice_flow *f)
 	for (round = 0; round < FLOW_ROUNDS; round++) {
 		ssize_t n;
 
+		if (f->buf) {
+			/* Application data that came with a control-record read
+			 * (flow_ktls_record): send it before anything newer. */
+			if (f->off < f->len) {
+				n = side_write(c, f->dst, f->buf->data + f->off, f->len - f->off);
+				if (n < 0)
+					return (int)n;
+				f->off += (size_t)n;
+				f->bytes += (uint64_t)n;
+				c->last_active_ms = sluice_now_ms();
+				continue;
+			}
+			buf_put(c->w, f->buf);
+			f->buf = NULL;
+			f->off = f->len = 0;
+		}
 		if (f->in_pipe > 0) {
 			n = splice(f->pipe->rfd, NULL, f->dst->io.fd, NULL, f->in_pipe,
 			           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
@@ -246,6 +269,12 @@ static int flow_splice(struct sluice_conn *c, struct sluice_flow *f)
 			continue;
 		}
 		if (n == 0) {          /* FIN from src */
+			if (f->src->ssl) {
+				/* kTLS: TCP closed without close_notify. */
+				f->src->tls_broken = true;
+				if (!c->detail[0])
+					snprintf(c->detail, sizeof(c->detail), "eof without close_notify");
+			}
 			f->src_eof = true;
 			continue;
 		}
@@ -256,10 +285,105 @@ static int flow_splice(struct sluice_conn *c, struct sluice_flow *f)
 			f->pipe = NULL;
 			return SLUICE_AGAIN;
 		}
+		if (errno == EINVAL && f->src->ktls_rx) {
+			/* kTLS: the next record is not application data (alert,
+			 * KeyUpdate); splice won't take it, recvmsg will. */
+			int r;
+
+			pipe_put(c->w, f->pipe, true);
+			f->pipe = NULL;
+			r = flow_ktls_record(c, f);
+			if (r != SLUICE_OK)
+				return r;
+			continue;
+		}
+		if (errno == EBADMSG && f->src->ktls_rx) {
+			/* The kernel could not authenticate a record. */
+			f->src->tls_broken = true;
+			if (!c->result) {
+				c->result = "tls_error";
+				snprintf(c->detail, sizeof(c->detail), "client record failed authentication (bad_record_mac)");
+			}
+			return SLUICE_ERR;
+		}
 		/* ECONNRESET: src reset; anything else is a bug worth logging as is. */
 		return flow_fail(c, f->src, "read", errno);
 	}
 	return SLUICE_OK;
+}
+
+/* A non-data record on a kTLS receive socket (splice said EINVAL).
+ * Returns SLUICE_OK to go on (data or close_notify taken), SLUICE_AGAIN, or
+ * SLUICE_ERR with the connection's result set. */
+static int flow_ktls_record(struct sluice_conn *c, struct sluice_flow *f)
+{
+	struct sluice_side *s = f->src;
+	unsigned char *rec;
+	ssize_t n;
+	int type;
+
+	f->buf = buf_get(c->w);
+	if (!f->buf)
+		return flow_fail(c, s, "buffer", ENOMEM);
+	rec = (unsigned char *)f->buf->data;
+	n = sluice_ktls_recv_record(s->io.fd, rec, sizeof(f->buf->data), &type);
+	if (n > 0 && type == SLUICE_TLS_APP_DATA) {
+		/* Data after all (the record boundary moved on): relay it. */
+		f->off = 0;
+		f->len = (size_t)n;
+		return SLUICE_OK;
+	}
+	buf_put(c->w, f->buf);
+	f->buf = NULL;
+	if (n < 0) {
+		if (errno == EAGAIN)
+			return SLUICE_AGAIN;
+		if (errno == EBADMSG) {
+			s->tls_broken = true;
+			c->result = "tls_error";
+			snprintf(c->detail, sizeof(c->detail), "client record failed authentication (bad_record_mac)");
+			return SLUICE_ERR;
+		}
+		return flow_fail(c, s, "recvmsg", errno);
+	}
+	if (n == 0) {
+		s->tls_broken = true;
+		if (!c->detail[0])
+			snprintf(c->detail, sizeof(c->detail), "eof without close_notify");
+		f->src_eof = true;
+		return SLUICE_OK;
+	}
+	if (type == SLUICE_TLS_ALERT && n >= 2 && rec[1] == 0) {
+		f->src_eof = true;  /* close_notify: a clean half-close */
+		return SLUICE_OK;
+	}
+	if (type == SLUICE_TLS_ALERT && n >= 2) {
+		s->tls_broken = true;
+		c->result = "tls_alert";
+		snprintf(c->detail, sizeof(c->detail), "client alert %u (%s)", rec[1],
+		         sluice_ktls_alert_name(rec[1]));
+		return SLUICE_ERR;
+	}
+	if (type == SLUICE_TLS_HANDSHAKE && rec[0] == SLUICE_TLS_KEY_UPDATE) {
+		/* The kernel cannot take a new receive key on this kernel
+		 * (design.md: 6.1 answers EBUSY; sluice does not rekey yet
+		 * where it could).  Close cleanly: close_notify still goes out
+		 * under the send key, which the client has not changed. */
+		c->result = "ktls_keyupdate_unsupported";
+		snprintf(c->detail, sizeof(c->detail), "client KeyUpdate (update_requested=%d)",
+		         n >= 5 ? rec[4] : -1);
+		ERR_clear_error();
+		(void)SSL_shutdown(s->ssl);
+		ERR_clear_error();
+		s->tls_broken = true;
+		return SLUICE_ERR;
+	}
+	/* A handshake message after the handshake (renegotiation, tickets
+	 * from a client) or an unknown record type: not something to relay. */
+	s->tls_broken = true;
+	c->result = "tls_error";
+	snprintf(c->detail, sizeof(c->detail), "unexpected record type %d (first byte %u)", type, rec[0]);
+	return SLUICE_ERR;
 }
 
 /* ---- userspace: a TLS side, through one buffer ---- */
@@ -272,6 +396,18 @@ static ssize_t side_read(struct sluice_conn *c, struct sluice_side *s, char *buf
 
 		ERR_clear_error();
 		r = SSL_read(s->ssl, buf, (int)len);
+		if (s->keyupdate_seen) {
+			/* kTLS sends but OpenSSL reads, and OpenSSL has just taken a
+			 * KeyUpdate: it would switch its send key while the kernel
+			 * keeps the old one and corrupt the stream (design.md).
+			 * Close without writing another byte. */
+			s->tls_broken = true;
+			if (!c->result) {
+				c->result = "ktls_keyupdate_unsupported";
+				snprintf(c->detail, sizeof(c->detail), "client KeyUpdate with kTLS sending only");
+			}
+			return SLUICE_ERR;
+		}
 		if (r > 0)
 			return r;
 		e = SSL_get_error(s->ssl, r);
@@ -391,7 +527,7 @@ static int flow_pump(struct sluice_conn *c, struct sluice_flow *f)
 {
 	if (f->dst_shut)
 		return SLUICE_DONE;
-	if (c->datapath == SLUICE_DP_SPLICE)
+	if (f->splice)
 		return flow_splice(c, f);
 	return flow_copy(c, f);
 }

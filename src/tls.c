@@ -48,6 +48,13 @@ SSL_CTX *sluice_tls_server_ctx(const struct sluice_tls_cfg *cfg, SSL_verify_cb v
 	}
 	if (!SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION))
 		goto fail_ossl;
+	/* AEADs the kernel can offload, and nothing weaker: AES-GCM and
+	 * ChaCha20-Poly1305 with forward secrecy (CCM and CBC suites have no
+	 * kTLS path here and no reason to be offered). */
+	if (!SSL_CTX_set_ciphersuites(ctx, "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256:"
+	                                   "TLS_CHACHA20_POLY1305_SHA256") ||
+	    !SSL_CTX_set_cipher_list(ctx, "ECDHE+AESGCM:ECDHE+CHACHA20"))
+		goto fail_ossl;
 	/* Renegotiation is a DoS lever and kTLS cannot follow it: refuse it.
 	 * Server cipher preference so our AEAD order (AES-GCM first, which the
 	 * kernel offloads) wins. */

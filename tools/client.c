@@ -3,7 +3,10 @@
  *   client --connect ADDR [--tls --ca F (--cert F --key F | --no-cert)
  *          [--servername NAME | --no-verify-name] [--tls-version 1.2|1.3]
  *          [--cipher NAME]] [--send N [--seed S]] [--expect N | --expect-any]
- *          [--expect-sha256 HEX] [--half-close] [--hold SECONDS]
+ *          [--expect-sha256 HEX] [--half-close | --abort] [--hold SECONDS]
+ *          [--check-stream] [--allow-early-close]
+ *          [--key-update-at N [--key-update requested|not-requested]]
+ *          [--ktls-alert LEVEL:DESC]
  *          [--garbage N] [--count C --parallel P] [--timeout SECONDS]
  *
  * Sends N bytes of the deterministic stream (tools/toolkit.h; the same one
@@ -22,6 +25,34 @@
  *                  closes (EOF or reset); success = the peer closed
  *   --servername   SNI and the name the server certificate must carry; by
  *                  default the certificate must carry the connect IP
+ *   --abort        after the last byte is sent and the expected bytes are
+ *                  back, close() the TCP socket without a TLS close_notify
+ *                  (without --abort the client always ends with one)
+ *   --check-stream check every received byte, as it arrives, against the
+ *                  deterministic stream of --seed (what --send sends, what
+ *                  echo --source sends); always on for the echo check
+ *   --allow-early-close
+ *                  the peer may end the connection before everything was
+ *                  sent or received (e.g. sluice closing on a KeyUpdate it
+ *                  cannot follow): success if every received byte was a
+ *                  correct prefix of the stream (implies --check-stream) and
+ *                  the peer closed cleanly (TLS: close_notify; TCP: EOF).
+ *                  Send errors after the peer's close are reported as
+ *                  "write_error", not as failure
+ *   --key-update-at N  TLS 1.3: once N bytes have been sent, SSL_key_update()
+ *                  and carry on (the next SSL_write/SSL_read sends the
+ *                  KeyUpdate, before byte N+1); --key-update picks
+ *                  update_requested (default "requested") or "not-requested"
+ *   --ktls-alert LEVEL:DESC  after the handshake and the --send bytes, send
+ *                  a genuine encrypted alert record {LEVEL, DESC} (e.g. 1:90
+ *                  user_canceled, 2:40 handshake_failure) through kernel TLS:
+ *                  SSL_OP_ENABLE_KTLS is set on the context, kTLS TX must
+ *                  have engaged (else a clear error: the host kernel has no
+ *                  tls module; use the VM), and the alert goes out with
+ *                  sendmsg + cmsg SOL_TLS/TLS_SET_RECORD_TYPE = 21. Then no
+ *                  close_notify; read until the peer closes (EOF or reset):
+ *                  that is success, with the bytes received checked as a
+ *                  prefix of the stream (not counted)
  *
  * TLS 1.3 note: the server judges the client certificate after the client's
  * handshake has completed, so a refused client shows "handshake":"ok" and
@@ -30,7 +61,12 @@
  * Prints one JSON line (per connection when --count is 1, else a summary):
  *   {"connected":true,"handshake":"ok","tls_version":"TLSv1.3","cipher":"...",
  *    "sent":N,"sent_sha256":"..","recv":N,"recv_sha256":"..","eof":true,
- *    "close_notify":true,"reset":false,"alert":null,"error":null,"ms":12}
+ *    "close_notify":true,"reset":false,"alert":null,"error":null,
+ *    "recv_prefix_ok":true,"mismatch_at":null,"key_update":null,
+ *    "alert_sent":null,"write_error":null,"ms":12}
+ * recv_prefix_ok is null when the received bytes were not checked against
+ * the stream; key_update is the type sent ("requested"/"not-requested");
+ * alert_sent is "LEVEL:DESC" once --ktls-alert went out.
  * Exit 0 only if everything asked for happened; 1 otherwise; 2 usage. */
 #include <errno.h>
 #include <fcntl.h>
@@ -46,8 +82,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
+#include <linux/tls.h>
+
+#include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -71,13 +111,20 @@ static struct {
 	uint64_t expect;
 	bool expect_set, expect_any;
 	const char *expect_sha;
-	bool half_close;
+	bool half_close, abort_close;
+	bool check_stream, allow_early_close;
+	uint64_t ku_at;
+	bool ku_set;
+	int ku_type;                /* SSL_KEY_UPDATE_(NOT_)REQUESTED */
+	bool ktls_alert;
+	uint8_t alert_level, alert_desc;
 	uint64_t hold_ms;
 	uint64_t garbage;
 	bool garbage_set;
 	uint64_t count, parallel;
 	uint64_t timeout_ms;
-} o = { .seed = 1, .count = 1, .parallel = 1, .timeout_ms = 30000 };
+} o = { .seed = 1, .count = 1, .parallel = 1, .timeout_ms = 30000,
+        .ku_type = SSL_KEY_UPDATE_REQUESTED };
 
 static SSL_CTX *g_ctx;
 static uint8_t g_rbuf[64 * 1024];   /* received bytes: hashed and dropped */
@@ -110,11 +157,15 @@ struct conn {
 	size_t sbuf_off, sbuf_len;
 	EVP_MD_CTX *sent_sha;
 	bool wr_shut;               /* half-close done */
+	bool send_stopped;          /* --allow-early-close: peer closed first */
+	bool ku_done;               /* --key-update-at: SSL_key_update() called */
+	bool alert_done;            /* --ktls-alert: the alert record went out */
 	/* receiving */
 	uint64_t recv;
 	EVP_MD_CTX *recv_sha;
 	bool eof, close_notify, reset;
-	bool echo_check;
+	bool echo_check;            /* sha(sent) must equal sha(recv) */
+	bool stream_check;          /* every received byte checked against the stream */
 	struct tk_prng check_prng;
 	int64_t mismatch_at;
 	/* poll interest of the pending read and write operations */
@@ -122,6 +173,7 @@ struct conn {
 	bool busy;                  /* stopped while still making progress: poll(0) */
 	char alert[96];
 	char error[512];
+	char write_error[512];      /* --allow-early-close: send failure after the peer closed */
 };
 
 static void set_error(struct conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -273,6 +325,45 @@ static enum io io_write(struct conn *c, const uint8_t *buf, size_t len, size_t *
 	}
 }
 
+/* --ktls-alert: one alert record {level, desc} through kernel TLS TX, which
+ * encrypts it with the current key and sequence number like any record. */
+static enum io send_ktls_alert(struct conn *c)
+{
+	uint8_t body[2] = { o.alert_level, o.alert_desc };
+	union {
+		char buf[CMSG_SPACE(sizeof(uint8_t))];
+		struct cmsghdr align;
+	} cb;
+	memset(&cb, 0, sizeof(cb));
+	struct iovec iov = { .iov_base = body, .iov_len = sizeof(body) };
+	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1,
+	                    .msg_control = cb.buf, .msg_controllen = sizeof(cb.buf) };
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
+	cm->cmsg_level = SOL_TLS;
+	cm->cmsg_type = TLS_SET_RECORD_TYPE;
+	cm->cmsg_len = CMSG_LEN(sizeof(uint8_t));
+	*CMSG_DATA(cm) = 21;   /* content type alert */
+	for (;;) {
+		ssize_t n = sendmsg(c->fd, &m, MSG_NOSIGNAL);
+		if (n == (ssize_t)sizeof(body))
+			return IO_OK;
+		if (n >= 0) {
+			set_error(c, "ktls alert: short sendmsg (%zd of 2 bytes)", n);
+			return IO_ERR;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN || errno == EWOULDBLOCK) {
+			c->wr_ev = POLLOUT;
+			return IO_AGAIN;
+		}
+		if (errno == ECONNRESET || errno == EPIPE)
+			c->reset = true;
+		set_error(c, "ktls alert: sendmsg: %s", strerror(errno));
+		return IO_ERR;
+	}
+}
+
 static void info_cb(const SSL *ssl, int where, int ret)
 {
 	if ((where & SSL_CB_ALERT) && (where & SSL_CB_READ) && (ret & 0xff) != SSL_AD_CLOSE_NOTIFY) {
@@ -292,8 +383,10 @@ static void info_cb(const SSL *ssl, int where, int ret)
 static void conn_finish(struct conn *c)
 {
 	if (c->ssl) {
-		/* Polite close_notify when the exchange went well and none was sent. */
-		if (!c->error[0] && !c->wr_shut && !(SSL_get_shutdown(c->ssl) & SSL_SENT_SHUTDOWN)) {
+		/* Polite close_notify when the exchange went well and none was sent
+		 * (never with --abort, nor after our own --ktls-alert). */
+		if (!c->error[0] && !c->wr_shut && !o.abort_close && !c->alert_done &&
+		    !(SSL_get_shutdown(c->ssl) & SSL_SENT_SHUTDOWN)) {
 			ERR_clear_error();
 			(void)SSL_shutdown(c->ssl);   /* best effort: we close right after */
 			ERR_clear_error();
@@ -312,7 +405,7 @@ static void conn_finish(struct conn *c)
 
 static bool need_eof(void)
 {
-	return o.half_close || o.expect_any || o.garbage_set;
+	return o.half_close || o.expect_any || o.garbage_set || o.ktls_alert;
 }
 
 /* Final verdict for a connection that ran to the end without an error. */
@@ -320,7 +413,14 @@ static void conn_judge(struct conn *c)
 {
 	if (c->error[0])
 		return;
-	if (!o.expect_any && !o.garbage_set && c->recv != o.expect)
+	/* Ended before the whole exchange, as --allow-early-close/--ktls-alert
+	 * permit: the stream check has vouched for every byte received. */
+	bool early = (o.allow_early_close || o.ktls_alert) &&
+	             (c->recv != o.expect || c->sent < c->send_total);
+	if (early && o.allow_early_close && !o.ktls_alert && o.tls && !c->close_notify)
+		set_error(c, "peer closed early without close_notify (after %llu of %llu bytes received)",
+		          (unsigned long long)c->recv, (unsigned long long)o.expect);
+	if (!o.expect_any && !o.garbage_set && !early && c->recv != o.expect)
 		set_error(c, "received %llu bytes, expected %llu",
 		          (unsigned long long)c->recv, (unsigned long long)o.expect);
 	if (o.expect_sha) {
@@ -329,7 +429,7 @@ static void conn_judge(struct conn *c)
 		if (strcasecmp(hex, o.expect_sha) != 0)
 			set_error(c, "recv_sha256 %s, expected %s", hex, o.expect_sha);
 	}
-	if (c->echo_check) {
+	if (c->echo_check && !early) {
 		char a[65], b[65];
 		tk_sha_hex(c->sent_sha, a);
 		tk_sha_hex(c->recv_sha, b);
@@ -477,6 +577,13 @@ static void conn_step(struct conn *c)
 		c->handshake = "ok";
 		c->tls_version_s = SSL_get_version(c->ssl);
 		c->cipher_s = SSL_get_cipher_name(c->ssl);
+		if (o.ktls_alert && BIO_get_ktls_send(SSL_get_wbio(c->ssl)) != 1) {
+			set_error(c, "--ktls-alert: kernel TLS TX did not engage (BIO_get_ktls_send = 0): "
+			             "needs a kernel with the tls module (not this host's: use tests/vm) "
+			             "and an AES-GCM or ChaCha20-Poly1305 suite");
+			conn_finish(c);
+			return;
+		}
 		conn_enter_run(c);
 	}
 
@@ -494,7 +601,7 @@ static void conn_step(struct conn *c)
 			enum io r = io_read(c, &got);
 			if (r == IO_OK) {
 				progress = true;
-				if (c->echo_check && c->mismatch_at < 0) {
+				if (c->stream_check && c->mismatch_at < 0) {
 					uint8_t want[sizeof(g_rbuf)];
 					tk_prng_fill(&c->check_prng, want, got);
 					if (memcmp(want, g_rbuf, got) != 0) {
@@ -502,7 +609,8 @@ static void conn_step(struct conn *c)
 						while (want[i] == g_rbuf[i])
 							i++;
 						c->mismatch_at = (int64_t)(c->recv + i);
-						set_error(c, "echo mismatch at byte %lld", (long long)c->mismatch_at);
+						set_error(c, "%s mismatch at byte %lld", c->echo_check ? "echo" : "stream",
+						          (long long)c->mismatch_at);
 					}
 				}
 				tk_sha_update(c->recv_sha, g_rbuf, got);
@@ -518,7 +626,10 @@ static void conn_step(struct conn *c)
 				progress = true;
 				c->eof = true;
 				c->rd_ev = 0;
-				if (!o.expect_any && !o.garbage_set && c->recv < o.expect)
+				if (o.allow_early_close)
+					c->send_stopped = true;   /* nothing more goes out */
+				if (!o.expect_any && !o.garbage_set && c->recv < o.expect &&
+				    !o.allow_early_close && !(o.ktls_alert && c->alert_done))
 					set_error(c, "connection closed by peer after %llu of %llu bytes",
 					          (unsigned long long)c->recv, (unsigned long long)o.expect);
 				else if (now < c->hold_until)
@@ -529,8 +640,10 @@ static void conn_step(struct conn *c)
 					return;
 				}
 			} else if (r == IO_ERR) {
-				if (o.garbage_set && c->reset) {
-					c->error[0] = '\0';   /* a reset is the answer garbage wants */
+				if ((o.garbage_set || c->alert_done) && c->reset) {
+					/* a reset is the answer garbage wants; after our
+					 * alert the peer may close either way */
+					c->error[0] = '\0';
 					conn_finish(c);
 					return;
 				}
@@ -545,11 +658,46 @@ static void conn_step(struct conn *c)
 
 		/* send, after the hold */
 		c->wr_ev = 0;
-		if (now >= c->hold_until) {
+		if (now >= c->hold_until && o.ku_set && !c->ku_done && !c->send_stopped &&
+		    c->sent >= o.ku_at && c->sbuf_off == c->sbuf_len) {
+			/* At a chunk boundary, so no record write is pending. */
+			if (SSL_version(c->ssl) != TLS1_3_VERSION) {
+				set_error(c, "--key-update-at needs TLS 1.3 (negotiated %s)", SSL_get_version(c->ssl));
+				conn_finish(c);
+				return;
+			}
+			ERR_clear_error();
+			if (SSL_key_update(c->ssl, o.ku_type) != 1) {
+				char why[300];
+				ssl_reasons(c, why, sizeof(why));
+				set_error(c, "SSL_key_update: %s", why);
+				conn_finish(c);
+				return;
+			}
+			c->ku_done = true;
+			progress = true;
+			/* Push the KeyUpdate out now, even if no more data follows;
+			 * a WANT_* leaves it to the next SSL_write/SSL_read. */
+			ERR_clear_error();
+			errno = 0;
+			int r = SSL_do_handshake(c->ssl);
+			if (r != 1) {
+				enum io res = ssl_fail(c, r, errno, "key update", &c->wr_ev);
+				if (res == IO_ERR || res == IO_EOF) {
+					if (res == IO_EOF)
+						set_error(c, "key update: connection closed by peer");
+					conn_finish(c);
+					return;
+				}
+			}
+		}
+		if (now >= c->hold_until && !c->send_stopped) {
 			if (c->sent < c->send_total) {
 				if (c->sbuf_off == c->sbuf_len) {
 					uint64_t left = c->send_total - c->sent;
 					size_t n = left < CHUNK ? (size_t)left : CHUNK;
+					if (o.ku_set && !c->ku_done && c->sent < o.ku_at && o.ku_at - c->sent < n)
+						n = (size_t)(o.ku_at - c->sent);   /* stop exactly at the KeyUpdate */
 					tk_prng_fill(&c->send_prng, c->sbuf, n);
 					c->sbuf_off = 0;
 					c->sbuf_len = n;
@@ -567,6 +715,25 @@ static void conn_step(struct conn *c)
 						conn_finish(c);
 						return;
 					}
+					if (o.allow_early_close) {
+						/* The peer may have closed: stop sending, read on
+						 * (its close_notify may still be queued). */
+						snprintf(c->write_error, sizeof(c->write_error), "%s", c->error);
+						c->error[0] = '\0';
+						c->send_stopped = true;
+						c->wr_ev = 0;
+						progress = true;
+						continue;
+					}
+					conn_finish(c);
+					return;
+				}
+			} else if (o.ktls_alert && !c->alert_done) {
+				enum io r = send_ktls_alert(c);
+				if (r == IO_OK) {
+					c->alert_done = true;
+					progress = true;
+				} else if (r == IO_ERR) {
 					conn_finish(c);
 					return;
 				}
@@ -580,6 +747,15 @@ static void conn_step(struct conn *c)
 						progress = true;
 					} else {
 						enum io res = ssl_fail(c, r, errno, "tls shutdown", &c->wr_ev);
+						if ((res == IO_ERR || res == IO_EOF) && o.allow_early_close) {
+							snprintf(c->write_error, sizeof(c->write_error), "%s",
+							         c->error[0] ? c->error : "tls shutdown: connection closed by peer");
+							c->error[0] = '\0';
+							c->send_stopped = true;
+							c->wr_ev = 0;
+							progress = true;
+							continue;
+						}
 						if (res == IO_ERR || res == IO_EOF) {
 							if (res == IO_EOF)
 								set_error(c, "tls shutdown: connection closed by peer");
@@ -600,7 +776,10 @@ static void conn_step(struct conn *c)
 		}
 
 		/* done? */
-		bool send_done = c->sent == c->send_total && (!o.half_close || c->wr_shut);
+		bool send_done = c->send_stopped ||
+		                 (c->sent == c->send_total && (!o.half_close || c->wr_shut) &&
+		                  (!o.ktls_alert || c->alert_done) && (!o.ku_set || c->ku_done ||
+		                                                       o.ku_at > c->send_total));
 		bool recv_done = need_eof() ? c->eof : c->recv >= o.expect;
 		if (send_done && recv_done && now >= c->hold_until) {
 			conn_judge(c);
@@ -655,6 +834,22 @@ static void print_conn(const struct conn *c)
 	json_str(stdout, c->alert[0] ? c->alert : NULL);
 	printf(",\"error\":");
 	json_str(stdout, c->error[0] ? c->error : NULL);
+	printf(",\"recv_prefix_ok\":%s,\"mismatch_at\":",
+	       !c->stream_check ? "null" : c->mismatch_at < 0 ? "true" : "false");
+	if (c->mismatch_at < 0)
+		fputs("null", stdout);
+	else
+		printf("%lld", (long long)c->mismatch_at);
+	printf(",\"key_update\":");
+	json_str(stdout, !c->ku_done ? NULL :
+	                 o.ku_type == SSL_KEY_UPDATE_REQUESTED ? "requested" : "not-requested");
+	printf(",\"alert_sent\":");
+	if (c->alert_done)
+		printf("\"%u:%u\"", o.alert_level, o.alert_desc);
+	else
+		fputs("null", stdout);
+	printf(",\"write_error\":");
+	json_str(stdout, c->write_error[0] ? c->write_error : NULL);
 	printf(",\"ms\":%llu}\n", (unsigned long long)(c->t_end - c->t_start));
 }
 
@@ -668,7 +863,9 @@ static void usage(const char *why)
 	        "usage: client --connect ADDR [--tls --ca F (--cert F --key F | --no-cert)\n"
 	        "              [--servername NAME | --no-verify-name] [--tls-version 1.2|1.3] [--cipher NAME]]\n"
 	        "              [--send N] [--seed S] [--expect N | --expect-any] [--expect-sha256 HEX]\n"
-	        "              [--half-close] [--hold SECONDS] [--garbage N]\n"
+	        "              [--half-close | --abort] [--hold SECONDS] [--garbage N]\n"
+	        "              [--check-stream] [--allow-early-close] [--ktls-alert LEVEL:DESC]\n"
+	        "              [--key-update-at N [--key-update requested|not-requested]]\n"
 	        "              [--count C] [--parallel P] [--timeout SECONDS]\n"
 	        "  sizes take K/M/G suffixes (KiB/MiB/GiB)\n");
 	exit(2);
@@ -733,6 +930,8 @@ static void make_ctx(void)
 			die_ssl("--cert/--key do not match");
 	}
 	SSL_CTX_set_mode(g_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+	if (o.ktls_alert)
+		SSL_CTX_set_options(g_ctx, SSL_OP_ENABLE_KTLS);   /* engages at the key change */
 	SSL_CTX_set_session_cache_mode(g_ctx, SSL_SESS_CACHE_OFF);
 }
 
@@ -741,7 +940,8 @@ static void parse_args(int argc, char **argv)
 	enum {
 		O_CONNECT = 256, O_TLS, O_CERT, O_KEY, O_CA, O_SNI, O_NOVERIFY, O_VER, O_CIPHER,
 		O_NOCERT, O_SEND, O_SEED, O_EXPECT, O_EXPECT_ANY, O_EXPECT_SHA, O_HALF, O_HOLD,
-		O_GARBAGE, O_COUNT, O_PAR, O_TIMEOUT, O_HELP,
+		O_GARBAGE, O_COUNT, O_PAR, O_TIMEOUT, O_HELP, O_ABORT, O_CHECK, O_EARLY, O_KU_AT,
+		O_KU, O_KTLS_ALERT,
 	};
 	static const struct option opts[] = {
 		{ "connect", required_argument, NULL, O_CONNECT },
@@ -766,6 +966,12 @@ static void parse_args(int argc, char **argv)
 		{ "parallel", required_argument, NULL, O_PAR },
 		{ "timeout", required_argument, NULL, O_TIMEOUT },
 		{ "help", no_argument, NULL, O_HELP },
+		{ "abort", no_argument, NULL, O_ABORT },
+		{ "check-stream", no_argument, NULL, O_CHECK },
+		{ "allow-early-close", no_argument, NULL, O_EARLY },
+		{ "key-update-at", required_argument, NULL, O_KU_AT },
+		{ "key-update", required_argument, NULL, O_KU },
+		{ "ktls-alert", required_argument, NULL, O_KTLS_ALERT },
 		{ 0, 0, 0, 0 },
 	};
 	int c;
@@ -799,6 +1005,28 @@ static void parse_args(int argc, char **argv)
 		case O_COUNT: o.count = parse_size(optarg, "--count"); break;
 		case O_PAR: o.parallel = parse_size(optarg, "--parallel"); break;
 		case O_TIMEOUT: o.timeout_ms = parse_seconds_ms(optarg, "--timeout"); break;
+		case O_ABORT: o.abort_close = true; break;
+		case O_CHECK: o.check_stream = true; break;
+		case O_EARLY: o.allow_early_close = true; break;
+		case O_KU_AT: o.ku_at = parse_size(optarg, "--key-update-at"); o.ku_set = true; break;
+		case O_KU:
+			if (strcmp(optarg, "requested") == 0)
+				o.ku_type = SSL_KEY_UPDATE_REQUESTED;
+			else if (strcmp(optarg, "not-requested") == 0)
+				o.ku_type = SSL_KEY_UPDATE_NOT_REQUESTED;
+			else
+				usage("--key-update wants requested or not-requested");
+			break;
+		case O_KTLS_ALERT: {
+			unsigned lv, ds;
+			char end;
+			if (sscanf(optarg, "%u:%u%c", &lv, &ds, &end) != 2 || lv > 255 || ds > 255)
+				usage("--ktls-alert wants LEVEL:DESC, two numbers 0..255 (e.g. 2:40)");
+			o.alert_level = (uint8_t)lv;
+			o.alert_desc = (uint8_t)ds;
+			o.ktls_alert = true;
+			break;
+		}
 		default: usage(NULL);
 		}
 	}
@@ -813,6 +1041,14 @@ static void parse_args(int argc, char **argv)
 		usage("--expect and --expect-any exclude each other");
 	if (o.garbage_set && (o.tls || o.send || o.expect_set || o.expect_any || o.half_close))
 		usage("--garbage excludes --tls, --send, --expect*, --half-close");
+	if (o.abort_close && (o.half_close || o.garbage_set || o.ktls_alert))
+		usage("--abort excludes --half-close, --garbage, --ktls-alert");
+	if (o.ktls_alert && o.half_close)
+		usage("--ktls-alert excludes --half-close");
+	if ((o.ku_set || o.ktls_alert) && !o.tls)
+		usage("--key-update-at and --ktls-alert need --tls");
+	if ((o.check_stream || o.allow_early_close) && o.garbage_set)
+		usage("--check-stream and --allow-early-close exclude --garbage");
 	if (o.expect_sha && strlen(o.expect_sha) != 64)
 		usage("--expect-sha256 wants 64 hex digits");
 	if (o.count == 0 || o.parallel == 0 || o.parallel > 10000)
@@ -844,6 +1080,7 @@ static struct conn *conn_new(void)
 	c->sent_sha = tk_sha_new();
 	c->recv_sha = tk_sha_new();
 	c->echo_check = !o.expect_set && !o.expect_any && !o.garbage_set;
+	c->stream_check = c->echo_check || o.check_stream || o.allow_early_close;
 	c->mismatch_at = -1;
 	return c;
 }

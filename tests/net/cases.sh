@@ -13,7 +13,7 @@ t_01_mtls_bulk_and_half_close() {
 	log "   alice: $(printf '%s' "$out" | jq -c '{sent,recv,tls_version,eof}')"
 	wait_closes 1 '.identity=="CN=alice"'
 	expect_json "$(closes '.identity=="CN=alice"')" \
-		".result==\"ok\" and .bytes_in==$BULK and .bytes_out==$BULK and .datapath==\"userspace\" and .listener==\"web\" and (.upstream|test(\"198.18.[123].2:9000\"))" \
+		".result==\"ok\" and .bytes_in==$BULK and .bytes_out==$BULK and .datapath==\"userspace\" and .listener==\"web\" and (.upstream|test(\"198.18.[123].2:9000\")) and .ktls_tx==false and .ktls_rx==false" \
 		"close line of the bulk transfer"
 	sluice_stop
 }
@@ -239,4 +239,24 @@ t_14_sigterm_drains() {
 	SLUICE_PID=
 	[ $rc = 0 ] || { log "sluice exit $rc after drain"; return 1; }
 	grep -q '"event":"stop"' $SLUICE_LOG
+}
+
+t_15_ktls_require_refused_without_kernel_tls() {
+	# This host's kernel has no tls ULP (design.md): require must refuse to
+	# start and say why; auto must start and say it falls back.
+	if grep -qsw tls /proc/sys/net/ipv4/tcp_available_ulp; then
+		log "   (tls ULP present on this host: nothing to refuse; checked in the VM instead)"; return 0
+	fi
+	config $WORK/c.yaml
+	sed -i 's|^tls: { \(.*\) }$|tls: { \1, ktls: require }|' $WORK/c.yaml
+	grep -q 'ktls: require' $WORK/c.yaml
+	local rc=0 out
+	out=$(inp "$SLUICE" run -c $WORK/c.yaml 2>&1) || rc=$?
+	[ $rc = 2 ] || { log "expected exit 2, got $rc: $out"; return 1; }
+	printf '%s' "$out" | grep -qE "tls.ktls is require but kTLS is unavailable: (tls ULP not in|no) /proc/sys/net/ipv4/tcp_available_ulp" \
+		|| { log "unexpected message: $out"; return 1; }
+	log "   require: $out"
+	config $WORK/c.yaml; sluice_start $WORK/c.yaml 5000
+	grep '"event":"ktls"' $SLUICE_LOG | jq -e '.level=="warn" and (.msg|test("kTLS unavailable: .*tcp_available_ulp"))' >/dev/null
+	sluice_stop
 }

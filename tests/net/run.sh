@@ -24,7 +24,7 @@ case "${SLUICE_SANITIZER:-}" in
 	*)  BULK=$((16 * 1024 * 1024)) ;;
 esac
 
-cleanup() { sluice_stop >/dev/null 2>&1; net_teardown; [ -n "${KEEP:-}" ] || rm -rf "$WORK"; }
+cleanup() { sluice_stop >/dev/null 2>&1; exec 2>/dev/null; net_teardown; [ -n "${KEEP:-}" ] || rm -rf "$WORK"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 

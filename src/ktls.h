@@ -1,0 +1,61 @@
+/* Kernel TLS: after OpenSSL's handshake, hand record crypto to the kernel.
+ *
+ * OpenSSL 3.0 (SSL_OP_ENABLE_KTLS) offloads TLS 1.2 both ways and TLS 1.3
+ * only for sending; for TLS 1.3 sluice installs the receive key itself from
+ * the client application traffic secret (captured with the keylog callback).
+ * Once the receive key is in the kernel, OpenSSL must never read again: the
+ * relay splices application data and reads any other record (alert,
+ * KeyUpdate) with sluice_ktls_recv_record(). */
+#ifndef SLUICE_KTLS_H
+#define SLUICE_KTLS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#include <openssl/evp.h>
+#include <openssl/ssl.h>
+
+/* TLS record content types (RFC 8446 5.1) */
+#define SLUICE_TLS_ALERT      21
+#define SLUICE_TLS_HANDSHAKE  22
+#define SLUICE_TLS_APP_DATA   23
+#define SLUICE_TLS_KEY_UPDATE 24   /* handshake message type */
+
+/* The client's TLS 1.3 application traffic secret, held only from the
+ * handshake until the receive key is installed, then wiped. */
+struct sluice_ktls_secret {
+	unsigned char client[EVP_MAX_MD_SIZE];
+	size_t len;
+};
+
+/* Whether the running kernel offers the tls ULP; if not, why (for the one
+ * start-up log line).  Also reports whether it can rekey (TLS 1.3 KeyUpdate):
+ * TlsRxRekeyOk appears in /proc/net/tls_stat on kernels that can. */
+bool sluice_ktls_available(char *why, size_t len);
+bool sluice_ktls_can_rekey(void);
+
+/* Process-wide set-up (an SSL ex_data index); call once before handshakes. */
+int sluice_ktls_init(void);
+/* Enables kTLS on a server context: SSL_OP_ENABLE_KTLS and the keylog
+ * callback that feeds sluice_ktls_attach()ed secrets. */
+void sluice_ktls_ctx_enable(SSL_CTX *ctx);
+/* Where this connection's handshake should leave its secret. */
+int sluice_ktls_attach(SSL *ssl, struct sluice_ktls_secret *secret);
+
+/* After SSL_accept() succeeded: report what OpenSSL offloaded and, for TLS
+ * 1.3 with send offloaded, install the receive key.  *tx / *rx say what is
+ * in the kernel afterwards; when rx could not be installed, why says why.
+ * The secret is wiped in every case. */
+void sluice_ktls_engage(SSL *ssl, int fd, struct sluice_ktls_secret *secret, bool *tx, bool *rx,
+                        char *why, size_t whylen);
+
+/* Reads one record from a kTLS receive socket with its content type
+ * (recvmsg with a TLS_GET_RECORD_TYPE cmsg).  Returns its length (0 = TCP
+ * EOF) or -1 with errno (EAGAIN: nothing queued). */
+ssize_t sluice_ktls_recv_record(int fd, unsigned char *buf, size_t len, int *type);
+
+/* Describes an alert for logs: "close_notify", "user_canceled", ... */
+const char *sluice_ktls_alert_name(int desc);
+
+#endif
