@@ -425,17 +425,15 @@ static void log_startup(const struct sluice_proxy *p)
 		           l->mode == SLUICE_MODE_TCP ? "splice" : p->ktls ? "ktls" : "userspace");
 	}
 	/* Said once so operators know what the kernel is or is not doing. */
-	if (!p->ssl_ctx)
-		;
-	else if (p->ktls)
+	if (p->ktls)
 		sluice_log(SLUICE_LOG_INFO, "ktls",
 		           "kTLS available: TLS 1.2 offloaded both ways by OpenSSL, TLS 1.3 receive key "
 		           "installed by sluice; a client KeyUpdate closes the connection (%s)",
 		           sluice_ktls_can_rekey() ? "this kernel could rekey; sluice does not yet"
 		                                   : "this kernel cannot rekey");
-	else if (cfg->tls.ktls == SLUICE_KTLS_OFF)
+	else if (p->ssl_ctx && cfg->tls.ktls == SLUICE_KTLS_OFF)
 		sluice_log(SLUICE_LOG_INFO, "ktls", "kTLS off by configuration: TLS records in userspace");
-	else
+	else if (p->ssl_ctx)
 		sluice_log(SLUICE_LOG_WARN, "ktls", "kTLS unavailable: %s; TLS records in userspace",
 		           p->ktls_why);
 	sluice_log(SLUICE_LOG_INFO, "bpf", "BPF not used yet: connection counters in atomics");
