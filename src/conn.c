@@ -8,6 +8,7 @@
  * place that releases what a connection holds, so no error path can leak a
  * counter, an fd or a pipe. */
 #include <errno.h>
+#include <stdarg.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -57,7 +58,29 @@ static void conn_arm(struct sluice_conn *c, uint64_t when)
 		sluice_log(SLUICE_LOG_WARN, "timer", "cannot arm a deadline: out of memory");
 }
 
+static void conn_secret_drop(struct sluice_conn *c)
+{
+	if (!c->secret)
+		return;
+	OPENSSL_cleanse(c->secret, sizeof(*c->secret));
+	free(c->secret);
+	c->secret = NULL;
+}
+
 /* ---- close: the one exit ---- */
+
+void sluice_conn_detail(struct sluice_conn *c, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (c->detail)
+		return;
+	va_start(ap, fmt);
+	/* Out of memory only costs the detail, never the connection's close. */
+	if (vasprintf(&c->detail, fmt, ap) < 0)
+		c->detail = NULL;
+	va_end(ap);
+}
 
 static void side_close(struct sluice_conn *c, struct sluice_side *s)
 {
@@ -93,23 +116,23 @@ static void conn_log(struct sluice_conn *c)
 	sluice_logline_begin(&l, SLUICE_LOG_INFO, "close");
 	sluice_logline_str(&l, "listener", c->l->cfg->name);
 	sluice_logline_str(&l, "client", sluice_addr_str((struct sockaddr *)&c->peer.ss, addr, sizeof(addr)));
-	sluice_logline_str(&l, "identity", c->id_name[0] ? c->id_name : NULL);
+	sluice_logline_str(&l, "identity", c->id_name);
 	sluice_logline_str(&l, "upstream",
 	                   c->server >= 0 ? cfg->upstreams[c->l->cfg->upstream].servers[c->server].address : NULL);
 	sluice_logline_u64(&l, "bytes_in", c->c2u.bytes);
 	sluice_logline_u64(&l, "bytes_out", c->u2c.bytes);
 	sluice_logline_u64(&l, "duration_ms", sluice_now_ms() - c->start_ms);
 	sluice_logline_str(&l, "datapath", datapath_name(c->datapath));
-	if (c->client.ssl && SSL_is_init_finished(c->client.ssl)) {
-		sluice_logline_str(&l, "tls_version", SSL_get_version(c->client.ssl));
-		sluice_logline_str(&l, "cipher", SSL_get_cipher_name(c->client.ssl));
+	if (c->tls_version) {
+		sluice_logline_str(&l, "tls_version", c->tls_version);
+		sluice_logline_str(&l, "cipher", c->cipher);
 		sluice_logline_bool(&l, "ktls_tx", c->client.ktls_tx);
 		sluice_logline_bool(&l, "ktls_rx", c->client.ktls_rx);
-		if (c->ktls_why[0] && c->w->proxy->ktls)
+		if (c->ktls_why)
 			sluice_logline_str(&l, "ktls_detail", c->ktls_why);
 	}
 	sluice_logline_str(&l, "result", c->result);
-	if (c->detail[0])
+	if (c->detail)
 		sluice_logline_str(&l, "detail", c->detail);
 	sluice_logline_emit(&l);
 }
@@ -123,7 +146,7 @@ void sluice_conn_close(struct sluice_conn *c, const char *result, const char *de
 	if (!c->result) {
 		c->result = result;
 		if (detail)
-			snprintf(c->detail, sizeof(c->detail), "%s", detail);
+			sluice_conn_detail(c, "%s", detail);
 	}
 	conn_log(c);
 
@@ -140,7 +163,12 @@ void sluice_conn_close(struct sluice_conn *c, const char *result, const char *de
 		c->limit_ref = NULL;
 	}
 	sluice_identity_clear(&c->id);
-	OPENSSL_cleanse(&c->secret, sizeof(c->secret));
+	conn_secret_drop(c);
+	free(c->id_name);
+	free(c->ktls_why);
+	free(c->connect_errors);
+	free(c->detail);
+	c->id_name = c->ktls_why = c->connect_errors = c->detail = NULL;
 
 	/* live list -> graveyard: queued events for this connection may still
 	 * be dispatched in this iteration; they see CLOSED and return. */
@@ -160,6 +188,16 @@ void sluice_conn_close(struct sluice_conn *c, const char *result, const char *de
 
 /* ---- admission: identity -> authorization -> limits ---- */
 
+static int conn_set_id_name(struct sluice_conn *c, const struct sluice_client_cfg *matched)
+{
+	char buf[SLUICE_ID_NAME_LEN];
+
+	sluice_identity_name(&c->id, matched, buf, sizeof(buf));
+	free(c->id_name);
+	c->id_name = strdup(buf);
+	return c->id_name ? 0 : -1;
+}
+
 /* Returns 0 when admitted; otherwise sets result/detail and returns -1. */
 static int conn_admit(struct sluice_conn *c)
 {
@@ -171,17 +209,21 @@ static int conn_admit(struct sluice_conn *c)
 
 	idx = sluice_identity_find_client(cfg, &c->id);
 	if (idx < 0) {
-		sluice_identity_name(&c->id, NULL, c->id_name, sizeof(c->id_name));
+		(void)conn_set_id_name(c, NULL);  /* only for the log line */
 		c->result = "unauthorized";
-		snprintf(c->detail, sizeof(c->detail), "no clients entry matches");
+		sluice_conn_detail(c, "no clients entry matches");
 		return -1;
 	}
 	cl = &cfg->clients[idx];
 	c->client_idx = idx;
-	sluice_identity_name(&c->id, cl, c->id_name, sizeof(c->id_name));
+	if (conn_set_id_name(c, cl) < 0) {
+		c->result = "internal";
+		sluice_conn_detail(c, "out of memory");
+		return -1;
+	}
 	if (!(cl->allow_mask & (UINT64_C(1) << pool))) {
 		c->result = "unauthorized";
-		snprintf(c->detail, sizeof(c->detail), "client entry \"%s\" does not allow upstream \"%s\"",
+		sluice_conn_detail(c, "client entry \"%s\" does not allow upstream \"%s\"",
 		         cl->id, cfg->upstreams[pool].name);
 		return -1;
 	}
@@ -189,12 +231,12 @@ static int conn_admit(struct sluice_conn *c)
 	                           &c->limit_ref);
 	if (lr == SLUICE_LIMIT_MAX_CONNS) {
 		c->result = "max_conns";
-		snprintf(c->detail, sizeof(c->detail), "max_conns %u reached", cl->max_conns);
+		sluice_conn_detail(c, "max_conns %u reached", cl->max_conns);
 		return -1;
 	}
 	if (lr == SLUICE_LIMIT_RATE) {
 		c->result = "conn_rate";
-		snprintf(c->detail, sizeof(c->detail), "conn_rate %u/s burst %u exceeded", cl->conn_rate,
+		sluice_conn_detail(c, "conn_rate %u/s burst %u exceeded", cl->conn_rate,
 		         cl->conn_burst);
 		return -1;
 	}
@@ -221,15 +263,15 @@ int sluice_conn_verify_cb(int preverify_ok, X509_STORE_CTX *ctx)
 	if (depth == 0 && !c->id_read) {
 		if (sluice_identity_from_cert(&c->id, X509_STORE_CTX_get_current_cert(ctx)) < 0) {
 			c->result = "internal";
-			snprintf(c->detail, sizeof(c->detail), "out of memory reading identity");
+			sluice_conn_detail(c, "out of memory reading identity");
 			goto refuse;
 		}
 		c->id_read = true;
-		sluice_identity_name(&c->id, NULL, c->id_name, sizeof(c->id_name));
+		(void)conn_set_id_name(c, NULL);
 	}
 	if (!preverify_ok) {
-		if (!c->detail[0])
-			snprintf(c->detail, sizeof(c->detail), "%s",
+		if (!c->detail)
+			sluice_conn_detail(c, "%s",
 			         X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx)));
 		return 0;
 	}
@@ -266,18 +308,31 @@ static int conn_ktls_engage(struct sluice_conn *c)
 {
 	struct sluice_side *s = &c->client;
 
+	struct sluice_ktls_secret none = { .len = 0 };
+	char why[96];
+
+	c->tls_version = SSL_get_version(s->ssl);
+	c->cipher = SSL_get_cipher_name(s->ssl);
 	if (!c->w->proxy->ktls)
 		return 0;
-	sluice_ktls_engage(s->ssl, s->io.fd, &c->secret, &s->ktls_tx, &s->ktls_rx, c->ktls_why,
-	                   sizeof(c->ktls_why));
+	sluice_ktls_engage(s->ssl, s->io.fd, c->secret ? c->secret : &none, &s->ktls_tx, &s->ktls_rx,
+	                   why, sizeof(why));
+	conn_secret_drop(c);
+	if (why[0])
+		c->ktls_why = strdup(why);   /* for the log only: NULL on ENOMEM is fine */
 	if (s->ktls_tx && !s->ktls_rx && SSL_version(s->ssl) == TLS1_3_VERSION) {
 		SSL_set_msg_callback(s->ssl, conn_msg_cb);
 		SSL_set_msg_callback_arg(s->ssl, s);
 	}
 	if (conn_cfg(c)->tls.ktls == SLUICE_KTLS_REQUIRE && !(s->ktls_tx && s->ktls_rx)) {
-		sluice_conn_close(c, "ktls_required", c->ktls_why);
+		sluice_conn_close(c, "ktls_required", why);
 		return -1;
 	}
+	/* OpenSSL's state stays until close even when the kernel has both
+	 * directions: freeing it here made sluice die with SIGSEGV in the VM
+	 * (6.1, OpenSSL 3.0.x, TLS 1.2; no sanitizer report), cause not yet
+	 * understood.  It costs ~20 KiB per idle kTLS connection. */
+	(void)SSL_free_buffers(s->ssl);
 	return 0;
 }
 
@@ -299,6 +354,11 @@ static void conn_handshake(struct sluice_conn *c)
 		}
 		if (conn_ktls_engage(c) < 0)
 			return;
+		/* OpenSSL keeps its handshake read/write buffers (~33 KiB)
+		 * after the handshake; SSL_MODE_RELEASE_BUFFERS only frees them
+		 * after application I/O.  Drop them now: an idle connection
+		 * should cost a few KiB, and a kTLS one never needs them. */
+		(void)SSL_free_buffers(c->client.ssl);
 		conn_connect_next(c);
 		return;
 	}
@@ -313,7 +373,7 @@ static void conn_handshake(struct sluice_conn *c)
 	}
 	/* The verify callback's reason (expired, revoked, unknown CA) is more
 	 * precise than OpenSSL's generic "certificate verify failed". */
-	if (c->detail[0]) {
+	if (c->detail) {
 		ERR_clear_error();
 		sluice_conn_close(c, "tls_handshake", NULL);
 		return;
@@ -326,10 +386,13 @@ static void conn_handshake(struct sluice_conn *c)
 
 static void note_connect_error(struct sluice_conn *c, const char *addr, const char *why)
 {
-	size_t n = strlen(c->connect_errors);
+	char *more;
 
-	snprintf(c->connect_errors + n, sizeof(c->connect_errors) - n, "%s%s: %s", n ? "; " : "", addr,
-	         why);
+	if (asprintf(&more, "%s%s%s: %s", c->connect_errors ? c->connect_errors : "",
+	             c->connect_errors ? "; " : "", addr, why) < 0)
+		return; /* out of memory: the log line just says less */
+	free(c->connect_errors);
+	c->connect_errors = more;
 }
 
 static void conn_connect_failed(struct sluice_conn *c, const char *why)
@@ -371,8 +434,8 @@ static void conn_connect_next(struct sluice_conn *c)
 		int fd;
 
 		if (srv < 0) {
-			sluice_conn_close(c, "no_upstream", c->connect_errors[0] ? c->connect_errors
-			                                                          : "no server to try");
+			sluice_conn_close(c, "no_upstream", c->connect_errors ? c->connect_errors
+			                                                       : "no server to try");
 			return;
 		}
 		s = &up->servers[srv];
@@ -449,9 +512,9 @@ static void conn_relay_start(struct sluice_conn *c)
 	struct sluice_side *cl = &c->client;
 
 	c->state = SLUICE_CONN_RELAY;
-	c->c2u.splice = !cl->ssl || cl->ktls_rx;
-	c->u2c.splice = !cl->ssl || cl->ktls_tx;
-	if (!cl->ssl)
+	c->c2u.splice = !cl->tls || cl->ktls_rx;
+	c->u2c.splice = !cl->tls || cl->ktls_tx;
+	if (!cl->tls)
 		c->datapath = SLUICE_DP_SPLICE;
 	else if (c->c2u.splice && c->u2c.splice)
 		c->datapath = SLUICE_DP_KTLS;
@@ -583,9 +646,13 @@ void sluice_conn_accept(struct sluice_listener *l, int fd, const struct sluice_s
 		return;
 	}
 	SSL_set_app_data(c->client.ssl, c);
-	if (w->proxy->ktls && sluice_ktls_attach(c->client.ssl, &c->secret) < 0) {
-		sluice_conn_close(c, "internal", "SSL_set_ex_data failed");
-		return;
+	c->client.tls = true;
+	if (w->proxy->ktls) {
+		c->secret = calloc(1, sizeof(*c->secret));
+		if (!c->secret || sluice_ktls_attach(c->client.ssl, c->secret) < 0) {
+			sluice_conn_close(c, "internal", "out of memory for the kTLS secret");
+			return;
+		}
 	}
 	conn_arm(c, deadline(c->start_ms, lc->timeouts.handshake_ms));
 	conn_handshake(c);

@@ -296,6 +296,30 @@ ssize_t sluice_ktls_recv_record(int fd, unsigned char *buf, size_t len, int *typ
 	return n;
 }
 
+int sluice_ktls_send_alert(int fd, unsigned char level, unsigned char desc)
+{
+	union {
+		char b[CMSG_SPACE(sizeof(unsigned char))];
+		struct cmsghdr align;
+	} cbuf;
+	unsigned char alert[2] = { level, desc };
+	struct iovec iov = { .iov_base = alert, .iov_len = sizeof(alert) };
+	struct msghdr msg = {
+		.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf.b, .msg_controllen = sizeof(cbuf.b),
+	};
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+	ssize_t n;
+
+	cm->cmsg_level = SOL_TLS;
+	cm->cmsg_type = TLS_SET_RECORD_TYPE;
+	cm->cmsg_len = CMSG_LEN(sizeof(unsigned char));
+	*CMSG_DATA(cm) = SLUICE_TLS_ALERT;
+	do
+		n = sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+	while (n < 0 && errno == EINTR);
+	return n == (ssize_t)sizeof(alert) ? 0 : -1;
+}
+
 const char *sluice_ktls_alert_name(int desc)
 {
 	return SSL_alert_desc_string_long(desc);

@@ -55,6 +55,11 @@ void sluice_ktls_engage(SSL *ssl, int fd, struct sluice_ktls_secret *secret, boo
  * EOF) or -1 with errno (EAGAIN: nothing queued). */
 ssize_t sluice_ktls_recv_record(int fd, unsigned char *buf, size_t len, int *type);
 
+/* Sends an alert record (e.g. close_notify: level 1, desc 0) on a socket
+ * whose sending side is offloaded; the kernel encrypts it.  -1 with errno
+ * (EAGAIN: send buffer full). */
+int sluice_ktls_send_alert(int fd, unsigned char level, unsigned char desc);
+
 /* Describes an alert for logs: "close_notify", "user_canceled", ... */
 const char *sluice_ktls_alert_name(int desc);
 

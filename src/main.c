@@ -2,6 +2,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include <sluice/sluice.h>
 
@@ -58,6 +59,18 @@ int main(int argc, char **argv)
 
 	/* A peer that vanishes must cost an EPIPE, not the process. */
 	signal(SIGPIPE, SIG_IGN);
+	/* Every proxied connection costs two fds (and a pipe pair while bytes
+	 * are in flight); the soft limit is often 1024 while the hard one is
+	 * far higher.  Take what we are allowed, as HAProxy and nginx do. */
+	{
+		struct rlimit rl;
+
+		if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+			rl.rlim_cur = rl.rlim_max;
+			if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+				fprintf(stderr, "sluice: cannot raise the open-files limit: %m\n");
+		}
+	}
 	if (sluice_proxy_create(path, &running, err, sizeof(err)) < 0) {
 		fprintf(stderr, "sluice: %s\n", err);
 		return 2;

@@ -93,7 +93,8 @@ enum sluice_datapath { SLUICE_DP_NONE, SLUICE_DP_SPLICE, SLUICE_DP_KTLS, SLUICE_
 struct sluice_side {
 	struct sluice_io io;           /* io.fd < 0 when not open */
 	struct sluice_conn *conn;
-	SSL *ssl;                      /* NULL on plain TCP sides */
+	SSL *ssl;                      /* OpenSSL's state; freed once kTLS has both ways */
+	bool tls;                      /* a TLS side (ssl may be gone: kTLS) */
 	bool tls_broken;               /* TLS ended without close_notify (or failed):
 	                                  OpenSSL refuses to write on it any more */
 	bool ktls_tx, ktls_rx;         /* record crypto in the kernel, per direction */
@@ -127,27 +128,33 @@ struct sluice_conn {
 	struct sluice_timer timer;     /* the current state's deadline */
 	uint64_t start_ms, last_active_ms;
 
-	struct sluice_ktls_secret secret;  /* TLS 1.3 client secret, until installed */
-	char ktls_why[96];             /* why kTLS did not engage both ways */
+	/* Strings below are heap-allocated only when there is something to say,
+	 * so an idle connection costs a few hundred bytes of its own. */
+	struct sluice_ktls_secret *secret; /* TLS 1.3 client secret, handshake to install */
+	char *ktls_why;                /* why kTLS did not engage both ways */
+	const char *tls_version;       /* OpenSSL's static strings, kept for the log */
+	const char *cipher;            /* line after the SSL object is gone (kTLS) */
 
 	struct sluice_identity id;
 	bool id_read;                  /* id holds the client certificate's names */
 	int client_idx;                /* clients[] entry, -1 until matched */
-	char id_name[SLUICE_ID_NAME_LEN];
+	char *id_name;                 /* "CN=alice": log name and limit key */
 	struct sluice_limit_ref *limit_ref;
 	bool admitted;
 
 	int server;                    /* index in the pool, -1 when none held */
 	uint64_t tried;                /* servers tried by this connection */
-	char connect_errors[256];
+	char *connect_errors;          /* "addr: why; addr: why" */
 
 	const char *result;            /* set once: the first reason wins */
-	char detail[256];
+	char *detail;                  /* set once, like result */
 };
 
 /* conn.c */
 void sluice_conn_accept(struct sluice_listener *l, int fd, const struct sluice_sockaddr *peer);
 void sluice_conn_close(struct sluice_conn *c, const char *result, const char *detail);
+/* Sets the close line's detail unless one is set (the first reason wins). */
+void sluice_conn_detail(struct sluice_conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int sluice_conn_verify_cb(int preverify_ok, X509_STORE_CTX *ctx);
 
 /* relay.c */

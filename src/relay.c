@@ -157,7 +157,7 @@ static int flow_fail(struct sluice_conn *c, const struct sluice_side *s, const c
 {
 	if (!c->result) {
 		c->result = s == &c->client ? "client_error" : "upstream_error";
-		snprintf(c->detail, sizeof(c->detail), "%s %s: %s", side_name(c, s), what,
+		sluice_conn_detail(c, "%s %s: %s", side_name(c, s), what,
 		         strerror(err));
 	}
 	return SLUICE_ERR;
@@ -170,7 +170,7 @@ static int flow_fail_tls(struct sluice_conn *c, struct sluice_side *s, const cha
 	sluice_tls_error_reason(s->ssl, ret, reason, sizeof(reason));
 	if (!c->result) {
 		c->result = "client_error";
-		snprintf(c->detail, sizeof(c->detail), "%s %s: %s", side_name(c, s), what, reason);
+		sluice_conn_detail(c, "%s %s: %s", side_name(c, s), what, reason);
 	}
 	return SLUICE_ERR;
 }
@@ -180,7 +180,7 @@ static int flow_shutdown_dst(struct sluice_conn *c, struct sluice_flow *f)
 {
 	if (f->dst_shut)
 		return SLUICE_DONE;
-	if (f->dst->ssl && !f->dst->tls_broken) {
+	if (f->dst->tls && !f->dst->tls_broken && f->dst->ssl) {
 		int r;
 
 		ERR_clear_error();
@@ -194,13 +194,18 @@ static int flow_shutdown_dst(struct sluice_conn *c, struct sluice_flow *f)
 		}
 		/* r == 0: our close_notify is out, the client's may follow; the
 		 * other flow keeps reading it (TLS half-close). */
-	} else if (f->dst->ssl) {
-		/* The client's TLS ended without close_notify: OpenSSL won't
-		 * write any more, so a TCP FIN is all that can be said. */
-		if (shutdown(f->dst->io.fd, SHUT_WR) < 0 && errno != ENOTCONN)
-			return flow_fail(c, f->dst, "shutdown", errno);
+	} else if (f->dst->tls && !f->dst->tls_broken) {
+		/* kTLS both ways and OpenSSL already gone: the kernel encrypts
+		 * our close_notify like any other record. */
+		if (sluice_ktls_send_alert(f->dst->io.fd, 1, 0) < 0) {
+			if (errno == EAGAIN)  /* send buffer full: EPOLLOUT resumes us */
+				return SLUICE_AGAIN;
+			return flow_fail(c, f->dst, "close_notify", errno);
+		}
 	} else if (shutdown(f->dst->io.fd, SHUT_WR) < 0 && errno != ENOTCONN) {
-		/* ENOTCONN: the peer already reset; the other flow reports it. */
+		/* Plain TCP, or TLS that ended without close_notify (OpenSSL
+		 * won't write any more, so a FIN is all that can be said).
+		 * ENOTCONN: the peer already reset; the other flow reports it. */
 		return flow_fail(c, f->dst, "shutdown", errno);
 	}
 	f->dst_shut = true;
@@ -269,11 +274,11 @@ static int flow_splice(struct sluice_conn *c, struct sluice_flow *f)
 			continue;
 		}
 		if (n == 0) {          /* FIN from src */
-			if (f->src->ssl) {
+			if (f->src->tls) {
 				/* kTLS: TCP closed without close_notify. */
 				f->src->tls_broken = true;
-				if (!c->detail[0])
-					snprintf(c->detail, sizeof(c->detail), "eof without close_notify");
+				if (!c->detail)
+					sluice_conn_detail(c, "eof without close_notify");
 			}
 			f->src_eof = true;
 			continue;
@@ -302,7 +307,7 @@ static int flow_splice(struct sluice_conn *c, struct sluice_flow *f)
 			f->src->tls_broken = true;
 			if (!c->result) {
 				c->result = "tls_error";
-				snprintf(c->detail, sizeof(c->detail), "client record failed authentication (bad_record_mac)");
+				sluice_conn_detail(c, "client record failed authentication (bad_record_mac)");
 			}
 			return SLUICE_ERR;
 		}
@@ -341,15 +346,15 @@ static int flow_ktls_record(struct sluice_conn *c, struct sluice_flow *f)
 		if (errno == EBADMSG) {
 			s->tls_broken = true;
 			c->result = "tls_error";
-			snprintf(c->detail, sizeof(c->detail), "client record failed authentication (bad_record_mac)");
+			sluice_conn_detail(c, "client record failed authentication (bad_record_mac)");
 			return SLUICE_ERR;
 		}
 		return flow_fail(c, s, "recvmsg", errno);
 	}
 	if (n == 0) {
 		s->tls_broken = true;
-		if (!c->detail[0])
-			snprintf(c->detail, sizeof(c->detail), "eof without close_notify");
+		if (!c->detail)
+			sluice_conn_detail(c, "eof without close_notify");
 		f->src_eof = true;
 		return SLUICE_OK;
 	}
@@ -360,7 +365,7 @@ static int flow_ktls_record(struct sluice_conn *c, struct sluice_flow *f)
 	if (type == SLUICE_TLS_ALERT && n >= 2) {
 		s->tls_broken = true;
 		c->result = "tls_alert";
-		snprintf(c->detail, sizeof(c->detail), "client alert %u (%s)", rec[1],
+		sluice_conn_detail(c, "client alert %u (%s)", rec[1],
 		         sluice_ktls_alert_name(rec[1]));
 		return SLUICE_ERR;
 	}
@@ -370,11 +375,16 @@ static int flow_ktls_record(struct sluice_conn *c, struct sluice_flow *f)
 		 * where it could).  Close cleanly: close_notify still goes out
 		 * under the send key, which the client has not changed. */
 		c->result = "ktls_keyupdate_unsupported";
-		snprintf(c->detail, sizeof(c->detail), "client KeyUpdate (update_requested=%d)",
+		sluice_conn_detail(c, "client KeyUpdate (update_requested=%d)",
 		         n >= 5 ? rec[4] : -1);
-		ERR_clear_error();
-		(void)SSL_shutdown(s->ssl);
-		ERR_clear_error();
+		if (s->ssl) {
+			ERR_clear_error();
+			(void)SSL_shutdown(s->ssl);
+			ERR_clear_error();
+		} else {
+			/* Best effort: a full send buffer only costs the alert. */
+			(void)sluice_ktls_send_alert(s->io.fd, 1, 0);
+		}
 		s->tls_broken = true;
 		return SLUICE_ERR;
 	}
@@ -382,7 +392,7 @@ static int flow_ktls_record(struct sluice_conn *c, struct sluice_flow *f)
 	 * from a client) or an unknown record type: not something to relay. */
 	s->tls_broken = true;
 	c->result = "tls_error";
-	snprintf(c->detail, sizeof(c->detail), "unexpected record type %d (first byte %u)", type, rec[0]);
+	sluice_conn_detail(c, "unexpected record type %d (first byte %u)", type, rec[0]);
 	return SLUICE_ERR;
 }
 
@@ -404,7 +414,7 @@ static ssize_t side_read(struct sluice_conn *c, struct sluice_side *s, char *buf
 			s->tls_broken = true;
 			if (!c->result) {
 				c->result = "ktls_keyupdate_unsupported";
-				snprintf(c->detail, sizeof(c->detail), "client KeyUpdate with kTLS sending only");
+				sluice_conn_detail(c, "client KeyUpdate with kTLS sending only");
 			}
 			return SLUICE_ERR;
 		}
