@@ -19,7 +19,7 @@ DEB_PKGS := build-essential clang pkg-config libssl-dev openssl libcyaml-dev \
             libyaml-dev libcmocka-dev iproute2 procps jq valgrind socat \
             libclang-rt-14-dev
 
-.PHONY: all deps test unit net net-asan net-tsan valgrind demo clean sanitizers
+.PHONY: all deps test unit net net-asan net-tsan valgrind demo clean sanitizers fuzz
 
 all: $(BUILD)/sluice $(TOOLS)
 
@@ -76,6 +76,12 @@ valgrind: $(UNITS)
 	@set -e; for t in $(UNITS); do echo "== valgrind $$t"; \
 	  valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite $$t; done
 
+FUZZ_SECONDS ?= 60
+# libFuzzer targets (clang, ASan+UBSan): replays tests/fuzz/regressions/, then
+# fuzzes each target for FUZZ_SECONDS; any finding fails.
+fuzz:
+	BUILD=$(BUILD) CLANG=clang tests/fuzz/run.sh $(FUZZ_SECONDS)
+
 test: deps
 	$(MAKE) all
 	$(MAKE) unit
@@ -83,6 +89,7 @@ test: deps
 	$(MAKE) net
 	$(MAKE) net-asan
 	$(MAKE) net-tsan
+	$(MAKE) fuzz FUZZ_SECONDS=30
 	@echo "make test: all suites passed"
 
 demo: deps all

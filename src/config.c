@@ -1332,7 +1332,9 @@ fail:
 	return -1;
 }
 
-int sluice_config_load(const char *path, struct sluice_config **out, char *err, size_t errlen)
+/* Passes 1-3 over data[0..len) (exactly len bytes; no terminator needed). */
+static int load_data(const char *path, const unsigned char *data, size_t len,
+                     struct sluice_config **out, char *err, size_t errlen)
 {
 	struct load_ctx c = { .file = path, .err = err, .errlen = errlen };
 	cyaml_config_t cy = {
@@ -1344,16 +1346,9 @@ int sluice_config_load(const char *path, struct sluice_config **out, char *err, 
 	};
 	struct raw_config *raw = NULL;
 	struct sluice_config *cfg = NULL;
-	unsigned char *data = NULL;
-	size_t len = 0;
 	cyaml_err_t ce;
 	int rc = -1;
 
-	*out = NULL;
-	if (errlen > 0)
-		err[0] = '\0';
-	if (read_file(&c, path, &data, &len) < 0)
-		return -1;
 	if (index_build(&c, data, len) < 0)
 		goto cleanup;
 
@@ -1383,8 +1378,37 @@ cleanup:
 		cyaml_free(&cy, &top_schema, raw, 0);
 	sluice_config_free(cfg);
 	index_free(&c);
+	return rc;
+}
+
+int sluice_config_load(const char *path, struct sluice_config **out, char *err, size_t errlen)
+{
+	struct load_ctx c = { .file = path, .err = err, .errlen = errlen };
+	unsigned char *data = NULL;
+	size_t len = 0;
+	int rc;
+
+	*out = NULL;
+	if (errlen > 0)
+		err[0] = '\0';
+	if (read_file(&c, path, &data, &len) < 0)
+		return -1;
+	rc = load_data(path, data, len, out, err, errlen);
 	free(data);
 	return rc;
+}
+
+int sluice_config_load_mem(const char *name, const void *data, size_t len,
+                           struct sluice_config **out, char *err, size_t errlen)
+{
+	*out = NULL;
+	if (errlen > 0)
+		err[0] = '\0';
+	if (len > MAX_FILE_BYTES) {
+		snprintf(err, errlen, "%s: larger than %u bytes", name, MAX_FILE_BYTES);
+		return -1;
+	}
+	return load_data(name, data, len, out, err, errlen);
 }
 
 void sluice_config_free(struct sluice_config *cfg)

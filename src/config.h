@@ -107,6 +107,11 @@ struct sluice_config {
  * value; 1-based). */
 int sluice_config_load(const char *path, struct sluice_config **out,
                        char *err, size_t errlen);
+/* The same from len bytes in memory (no terminator needed), loaded as if
+ * read from the file `name`: it names the source in errors and relative
+ * tls.* paths resolve against its directory.  For tests and fuzzing. */
+int sluice_config_load_mem(const char *name, const void *data, size_t len,
+                           struct sluice_config **out, char *err, size_t errlen);
 void sluice_config_free(struct sluice_config *cfg);
 
 /* "300ms", "5s", "2m", "1h", "1d", "0" (and "0s"): milliseconds.  Bare
