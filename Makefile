@@ -19,7 +19,7 @@ DEB_PKGS := build-essential clang pkg-config libssl-dev openssl libcyaml-dev \
             libyaml-dev libcmocka-dev iproute2 procps jq valgrind socat \
             libclang-rt-14-dev
 
-.PHONY: all deps test unit net net-asan net-tsan valgrind demo clean sanitizers fuzz
+.PHONY: all deps test unit net net-asan net-tsan valgrind demo clean sanitizers fuzz bench
 
 all: $(BUILD)/sluice $(TOOLS)
 
@@ -90,7 +90,14 @@ test: deps
 	$(MAKE) net-asan
 	$(MAKE) net-tsan
 	$(MAKE) fuzz FUZZ_SECONDS=30
+	$(MAKE) bench QUICK=1
 	@echo "make test: all suites passed"
+
+# Benchmarks against HAProxy, nginx stream, stunnel and socat (docs/bench.md).
+# QUICK=1: the CI smoke run (< 2 min, no thresholds; writes build/bench-quick.md).
+# Needs root: installs the peers with apt-get if missing.
+bench: all
+	tools/bench $(if $(QUICK),--quick)
 
 demo: deps all
 	tools/demo.sh
