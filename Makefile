@@ -17,9 +17,9 @@ UNITS    := $(patsubst tests/unit/%.c,$(BUILD)/unit/%,$(wildcard tests/unit/test
 
 DEB_PKGS := build-essential clang pkg-config libssl-dev openssl libcyaml-dev \
             libyaml-dev libcmocka-dev iproute2 procps jq valgrind socat \
-            libclang-rt-14-dev
+            libclang-rt-14-dev strace
 
-.PHONY: all deps test unit net net-asan net-tsan valgrind demo clean sanitizers fuzz bench
+.PHONY: all deps test unit net net-asan net-tsan valgrind demo clean sanitizers fuzz bench vm vm-measure
 
 all: $(BUILD)/sluice $(TOOLS)
 
@@ -72,6 +72,18 @@ net-asan: all $(BUILD)/asan/sluice
 net-tsan: all $(BUILD)/tsan/sluice
 	SLUICE_SANITIZER=tsan tests/net/run.sh $(BUILD)/tsan/sluice
 
+# The kTLS proof: Debian's 6.1 kernel (tls module) under qemu TCG runs
+# tests/vm/ktls.sh against this build (tests/vm/run.sh fetches and caches
+# the kernel under $(BUILD)/vm).
+VM_CERTS := $(BUILD)/vm-certs
+$(VM_CERTS)/ca.pem: tools/gen-certs
+	tools/gen-certs $(VM_CERTS) >/dev/null
+vm: all $(VM_CERTS)/ca.pem
+	tests/vm/run.sh tests/vm/ktls.sh $(BUILD)/sluice $(BUILD)/tools/echo $(BUILD)/tools/client /usr/bin/jq $(VM_CERTS)
+# syscalls and userspace-copied bytes per MiB, ktls vs userspace (docs/bench.md)
+vm-measure: all $(VM_CERTS)/ca.pem
+	tests/vm/run.sh tests/vm/measure.sh $(BUILD)/sluice $(BUILD)/tools/echo $(BUILD)/tools/client /usr/bin/strace $(VM_CERTS)
+
 valgrind: $(UNITS)
 	@set -e; for t in $(UNITS); do echo "== valgrind $$t"; \
 	  valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite $$t; done
@@ -89,6 +101,7 @@ test: deps
 	$(MAKE) net
 	$(MAKE) net-asan
 	$(MAKE) net-tsan
+	$(MAKE) vm
 	$(MAKE) fuzz FUZZ_SECONDS=30
 	$(MAKE) bench QUICK=1
 	@echo "make test: all suites passed"

@@ -14,7 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -82,6 +84,85 @@ void sluice_conn_detail(struct sluice_conn *c, const char *fmt, ...)
 	va_end(ap);
 }
 
+#define LINGER_MS 2000        /* longest wait for the client to take our last bytes */
+#define LINGER_POLL_MS 20     /* how often the send queue is looked at */
+
+static void linger_end(struct sluice_linger *lg)
+{
+	struct sluice_worker *w = lg->w;
+
+	sluice_timer_cancel(w->loop, &lg->timer);
+	sluice_loop_del(w->loop, &lg->io);
+	close(lg->io.fd);
+	if (lg->prev)
+		lg->prev->next = lg->next;
+	else
+		w->lingering = lg->next;
+	if (lg->next)
+		lg->next->prev = lg->prev;
+	free(lg);
+}
+
+void sluice_linger_free_all(struct sluice_worker *w)
+{
+	while (w->lingering)
+		linger_end(w->lingering);
+}
+
+static bool linger_done(struct sluice_linger *lg)
+{
+	int outq = 0;
+
+	/* SIOCOUTQ counts bytes not yet acknowledged: at 0 the client's
+	 * kernel has everything, and an RST can no longer take it away. */
+	return ioctl(lg->io.fd, SIOCOUTQ, &outq) < 0 || outq == 0 || sluice_now_ms() >= lg->deadline_ms;
+}
+
+static void linger_on_event(struct sluice_io *io, uint32_t events)
+{
+	struct sluice_linger *lg = (struct sluice_linger *)io;
+
+	/* The client hung up or failed: nothing more can reach it. */
+	if ((events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) || linger_done(lg))
+		linger_end(lg);
+}
+
+static void linger_on_timer(struct sluice_timer *t)
+{
+	struct sluice_linger *lg = (struct sluice_linger *)((char *)t - offsetof(struct sluice_linger, timer));
+
+	if (linger_done(lg) || sluice_timer_set(lg->w->loop, &lg->timer, sluice_now_ms() + LINGER_POLL_MS) < 0)
+		linger_end(lg);
+}
+
+/* Hands the client fd to a linger: FIN after our last bytes, no more reads
+ * (a kTLS socket would only answer EBADMSG after a KeyUpdate).  Returns
+ * false if it could not, and the caller closes the fd as usual. */
+static bool linger_start(struct sluice_worker *w, int fd)
+{
+	struct sluice_linger *lg = calloc(1, sizeof(*lg));
+
+	if (!lg)
+		return false;
+	lg->w = w;
+	lg->io.fd = fd;
+	lg->io.fn = linger_on_event;
+	lg->deadline_ms = sluice_now_ms() + LINGER_MS;
+	sluice_timer_init(&lg->timer, linger_on_timer);
+	(void)shutdown(fd, SHUT_WR);
+	if (sluice_loop_add(w->loop, &lg->io, EPOLLRDHUP | EPOLLET) < 0 ||
+	    sluice_timer_set(w->loop, &lg->timer, sluice_now_ms() + LINGER_POLL_MS) < 0) {
+		sluice_loop_del(w->loop, &lg->io);
+		free(lg);
+		return false;
+	}
+	lg->next = w->lingering;
+	if (w->lingering)
+		w->lingering->prev = lg;
+	w->lingering = lg;
+	return true;
+}
+
 static void side_close(struct sluice_conn *c, struct sluice_side *s)
 {
 	if (s->ssl) {
@@ -90,7 +171,8 @@ static void side_close(struct sluice_conn *c, struct sluice_side *s)
 	}
 	if (s->io.fd >= 0) {
 		sluice_loop_del(c->w->loop, &s->io);
-		close(s->io.fd);
+		if (!s->linger || !linger_start(c->w, s->io.fd))
+			close(s->io.fd);
 		s->io.fd = -1;
 	}
 }

@@ -254,6 +254,7 @@ static void worker_destroy(struct sluice_worker *w, unsigned n_listeners)
 	if (w->loop) {
 		worker_close_all(w, "shutdown");
 		worker_free_graveyard(w);
+		sluice_linger_free_all(w);
 	}
 	if (w->stop_io.fd >= 0)
 		close(w->stop_io.fd);

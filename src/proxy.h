@@ -43,6 +43,19 @@ struct sluice_listener {
 	uint64_t fdlimit_refusals;     /* since the last log line */
 };
 
+/* A client socket we have stopped reading but whose last bytes (data and
+ * close_notify) must still reach the client: closing a socket with unread
+ * input sends an RST, which makes the client's kernel drop what it has not
+ * yet delivered.  Kept until the send queue is acknowledged, the client
+ * hangs up, or a short deadline (nginx's lingering close). */
+struct sluice_linger {
+	struct sluice_io io;
+	struct sluice_timer timer;
+	struct sluice_worker *w;
+	uint64_t deadline_ms;
+	struct sluice_linger *prev, *next;
+};
+
 /* A pipe for splice(); held by a flow only while it carries bytes. */
 struct sluice_pipe {
 	int rfd, wfd;
@@ -68,6 +81,7 @@ struct sluice_worker {
 	struct sluice_conn *conns;     /* live connections, for drain */
 	unsigned n_conns;
 	struct sluice_conn *graveyard; /* closed this iteration; freed after it */
+	struct sluice_linger *lingering; /* client sockets draining before close */
 	struct sluice_pipe *free_pipes;
 	unsigned n_free_pipes;
 	struct sluice_buf *free_bufs;
@@ -99,6 +113,7 @@ struct sluice_side {
 	                                  OpenSSL refuses to write on it any more */
 	bool ktls_tx, ktls_rx;         /* record crypto in the kernel, per direction */
 	bool keyupdate_seen;           /* a KeyUpdate reached OpenSSL (kTLS TX only) */
+	bool linger;                   /* close by draining what we sent (see sluice_linger) */
 };
 
 /* One direction of the relay: bytes from src to dst. */
@@ -156,6 +171,8 @@ void sluice_conn_close(struct sluice_conn *c, const char *result, const char *de
 /* Sets the close line's detail unless one is set (the first reason wins). */
 void sluice_conn_detail(struct sluice_conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int sluice_conn_verify_cb(int preverify_ok, X509_STORE_CTX *ctx);
+
+void sluice_linger_free_all(struct sluice_worker *w);
 
 /* relay.c */
 enum sluice_relay_rc { SLUICE_RELAY_WAIT, SLUICE_RELAY_MORE, SLUICE_RELAY_DONE, SLUICE_RELAY_ERR };

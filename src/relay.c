@@ -386,6 +386,10 @@ static int flow_ktls_record(struct sluice_conn *c, struct sluice_flow *f)
 			(void)sluice_ktls_send_alert(s->io.fd, 1, 0);
 		}
 		s->tls_broken = true;
+		/* The client goes on sending under its new key; closing with
+		 * that unread would reset the connection and lose the
+		 * close_notify and the echo still in flight. */
+		s->linger = true;
 		return SLUICE_ERR;
 	}
 	/* A handshake message after the handshake (renegotiation, tickets
