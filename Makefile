@@ -7,8 +7,15 @@ BUILD   ?= build
 OPT     ?= -O2 -g
 SAN     ?=
 CFLAGS  := $(OPT) $(SAN) -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE -Iinclude -Isrc \
-           -fno-strict-aliasing -pthread
-LDLIBS  += -lssl -lcrypto -lcyaml -lyaml -pthread
+           -I$(BUILD)/bpf -fno-strict-aliasing -pthread
+LDLIBS  += -lssl -lcrypto -lcyaml -lyaml -lbpf -lelf -lz -pthread
+
+# The BPF object (bpf/sluice.bpf.c) and its skeleton; only src/bpf.c
+# includes the skeleton.  -mcpu=v3: atomic exchange/cmpxchg (kernel >= 5.12).
+CLANG      ?= clang
+BPFTOOL    ?= bpftool
+BPF_CFLAGS := -O2 -g -target bpf -mcpu=v3 -D__TARGET_ARCH_x86 \
+              -I/usr/include/x86_64-linux-gnu -Ibpf -Wall -Werror
 
 SRCS     := $(filter-out src/main.c,$(wildcard src/*.c))
 OBJS     := $(SRCS:src/%.c=$(BUILD)/obj/%.o)
@@ -17,14 +24,26 @@ UNITS    := $(patsubst tests/unit/%.c,$(BUILD)/unit/%,$(wildcard tests/unit/test
 
 DEB_PKGS := build-essential clang pkg-config libssl-dev openssl libcyaml-dev \
             libyaml-dev libcmocka-dev iproute2 procps jq valgrind socat \
-            libclang-rt-14-dev strace
+            libclang-rt-14-dev strace libbpf-dev bpftool libelf-dev zlib1g-dev
 
-.PHONY: all deps test unit net net-asan net-tsan valgrind demo clean sanitizers fuzz bench vm vm-measure
+.PHONY: all deps test unit net net-asan net-tsan valgrind demo clean sanitizers fuzz bench vm vm-measure bpf-test vm-bpf
 
 all: $(BUILD)/sluice $(TOOLS)
 
-$(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h include/sluice/*.h) | $(BUILD)/obj
+$(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h include/sluice/*.h bpf/*.h) | $(BUILD)/obj
 	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/bpf/sluice.bpf.o: bpf/sluice.bpf.c $(wildcard bpf/*.h) | $(BUILD)/bpf
+	$(CLANG) $(BPF_CFLAGS) -c -o $@ $<
+
+$(BUILD)/bpf/sluice.skel.h: $(BUILD)/bpf/sluice.bpf.o
+	$(BPFTOOL) gen skeleton $< name sluice_skel > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/obj/bpf.o: $(BUILD)/bpf/sluice.skel.h
+
+# Kernel test of the counters (root, bpffs, cgroup v2; own netns + mount ns).
+$(BUILD)/bpf/counters: tests/bpf/counters.c $(BUILD)/libsluice.a | $(BUILD)/bpf
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libsluice.a $(LDLIBS)
 
 $(BUILD)/libsluice.a: $(OBJS)
 	ar rcs $@ $^
@@ -38,8 +57,16 @@ $(BUILD)/tools/%: tools/%.c $(wildcard tools/*.h) | $(BUILD)/tools
 $(BUILD)/unit/%: tests/unit/%.c $(BUILD)/libsluice.a | $(BUILD)/unit
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libsluice.a $(LDLIBS) -lcmocka
 
-$(BUILD)/obj $(BUILD)/tools $(BUILD)/unit:
+$(BUILD)/obj $(BUILD)/tools $(BUILD)/unit $(BUILD)/bpf:
 	mkdir -p $@
+
+bpf-test: $(BUILD)/bpf/counters
+	tests/bpf/counters.sh $(BUILD)/bpf/counters
+
+# The same object through Debian 12's 6.1 verifier, counters checked there too.
+vm-bpf: $(BUILD)/bpf/counters
+	VM_MODULES="inet_diag tcp_diag" tests/vm/run.sh tests/vm/bpf.sh $(BUILD)/bpf/counters \
+	  $$(command -v bpftool) $$(command -v jq) $$(command -v ss)
 
 # Installs every Debian package that build, tests and demo need. Idempotent.
 deps:
@@ -98,10 +125,12 @@ test: deps
 	$(MAKE) all
 	$(MAKE) unit
 	$(MAKE) valgrind
+	$(MAKE) bpf-test
 	$(MAKE) net
 	$(MAKE) net-asan
 	$(MAKE) net-tsan
 	$(MAKE) vm
+	$(MAKE) vm-bpf
 	$(MAKE) fuzz FUZZ_SECONDS=30
 	$(MAKE) bench QUICK=1
 	@echo "make test: all suites passed"

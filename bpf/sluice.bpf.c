@@ -1,0 +1,318 @@
+// SPDX-License-Identifier: GPL-2.0
+/* sluice's BPF object: kernel-kept connection counters.
+ *
+ *   sluice_sockops   (sockops, on sluice's own cgroup v2)
+ *       counts upstream connections per server from connect to close, and
+ *       counts the close of every tagged client socket;
+ *   client_open      (syscall, run by userspace with BPF_PROG_TEST_RUN)
+ *       admits one client connection: max_conns check, opened + 1 and the
+ *       socket's tag, all in one program run;
+ *   account          (syscall) adds one finished connection's bytes to the
+ *       per-CPU datapath counters.
+ *
+ * Counters are monotonic (opened, closed; active = opened - closed) and a
+ * close is counted at most once per socket, claimed with an atomic exchange
+ * on the socket's own record (SK_STORAGE, freed with the socket).  Nothing
+ * here depends on sluice being alive: the sockets of a killed sluice still
+ * pass through TCP_CLOSE and are counted closed.
+ *
+ * Built with clang -target bpf -mcpu=v3 (atomic exchange and cmpxchg need
+ * it; kernels >= 5.12).  Loads on 6.1 and 6.18. */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "sluice_maps.h"
+
+#define AF_INET   2
+#define AF_INET6  10
+#define TCP_CLOSE 7
+#define EINVAL    22
+#define EAGAIN    11
+#define EDQUOT    122
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* ---- maps ---------------------------------------------------------------- */
+
+/* Upstream server address -> its slot in upstream_conns.  Filled by the
+ * loader before the program is attached; the kernel only reads it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SLUICE_BPF_MAX_SERVERS);
+	__type(key, struct sluice_bpf_addr);
+	__type(value, __u32);
+} upstream_servers SEC(".maps");
+
+/* Per upstream server: opened/established/closed.  mmap-able, so every
+ * worker reads a server's count with two loads and no syscall. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, SLUICE_BPF_MAX_SERVERS);
+	__type(key, __u32);
+	__type(value, struct sluice_bpf_upstream);
+} upstream_conns SEC(".maps");
+
+/* Per client identity: opened/closed.  mmap-able as upstream_conns. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, SLUICE_BPF_MAX_CLIENTS);
+	__type(key, __u32);
+	__type(value, struct sluice_bpf_client);
+} client_conns SEC(".maps");
+
+/* Per socket: which counter it was opened on and whether its close was
+ * counted.  Lives and dies with the socket: no table to fill, no entry to
+ * leak.  The key is a socket fd when written from userspace. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sluice_bpf_sock);
+} sock_tags SEC(".maps");
+
+/* Finished connections and their bytes, per datapath, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SLUICE_BPF_DP_MAX);
+	__type(key, __u32);
+	__type(value, struct sluice_bpf_dp_stats);
+} datapath_stats SEC(".maps");
+
+/* ---- sockops ------------------------------------------------------------- */
+
+/* The peer of ops as an upstream_servers key.  remote_port is in network
+ * order in the upper half of the word on little-endian, hence ntohl. */
+static __always_inline void peer_key(const struct bpf_sock_ops *ops, struct sluice_bpf_addr *k)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->port = (__u16)bpf_ntohl(ops->remote_port);
+	if (ops->family == AF_INET) {
+		k->family = AF_INET;
+		__builtin_memcpy(k->addr, &ops->remote_ip4, 4);
+		return;
+	}
+	k->family = AF_INET6;
+	if (ops->remote_ip6[0] == 0 && ops->remote_ip6[1] == 0 &&
+	    ops->remote_ip6[2] == bpf_htonl(0x0000ffff)) {
+		/* ::ffff:a.b.c.d is an IPv4 server reached from a v6 socket */
+		__u32 v4 = ops->remote_ip6[3];
+
+		k->family = AF_INET;
+		__builtin_memcpy(k->addr, &v4, 4);
+		return;
+	}
+	{
+		__u32 a0 = ops->remote_ip6[0], a1 = ops->remote_ip6[1];
+		__u32 a2 = ops->remote_ip6[2], a3 = ops->remote_ip6[3];
+
+		__builtin_memcpy(k->addr, &a0, 4);
+		__builtin_memcpy(k->addr + 4, &a1, 4);
+		__builtin_memcpy(k->addr + 8, &a2, 4);
+		__builtin_memcpy(k->addr + 12, &a3, 4);
+	}
+}
+
+/* A connect is starting (SYN about to leave).  If the peer is a configured
+ * upstream server, count it opened now, not at ESTABLISHED: a connect in
+ * flight is load the least-connection choice must see, and failures end in
+ * TCP_CLOSE like any other connection. */
+static __always_inline void upstream_connect(struct bpf_sock_ops *ops)
+{
+	struct sluice_bpf_addr key;
+	struct sluice_bpf_upstream *u;
+	struct sluice_bpf_sock *st;
+	struct bpf_sock *sk = ops->sk;
+	__u32 *slot, s;
+
+	if (!sk)
+		return;
+	peer_key(ops, &key);
+	slot = bpf_map_lookup_elem(&upstream_servers, &key);
+	if (!slot)
+		return;
+	s = *slot;
+	u = bpf_map_lookup_elem(&upstream_conns, &s);
+	if (!u)
+		return;
+	st = bpf_sk_storage_get(&sock_tags, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st)
+		return;     /* no memory for the record: not counted at all */
+	/* Callbacks of one socket run under its lock, so this record is ours;
+	 * a socket that connects again after a failure starts a new count. */
+	st->kind = SLUICE_BPF_SOCK_UPSTREAM;
+	st->slot = s;
+	st->closed = 0;
+	__sync_fetch_and_add(&u->opened, 1);
+	if (bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG)) {
+		/* Without the state callback the close would never be seen:
+		 * count it closed now rather than leak it. */
+		st->closed = 1;
+		__sync_fetch_and_add(&u->closed, 1);
+	}
+}
+
+static __always_inline void upstream_established(struct bpf_sock_ops *ops)
+{
+	struct sluice_bpf_upstream *u;
+	struct sluice_bpf_sock *st;
+	struct bpf_sock *sk = ops->sk;
+	__u32 s;
+
+	if (!sk)
+		return;
+	st = bpf_sk_storage_get(&sock_tags, sk, 0, 0);
+	if (!st || st->kind != SLUICE_BPF_SOCK_UPSTREAM || st->closed)
+		return;
+	s = st->slot;
+	u = bpf_map_lookup_elem(&upstream_conns, &s);
+	if (u)
+		__sync_fetch_and_add(&u->established, 1);
+}
+
+/* TCP_CLOSE: count the close on whatever the socket was opened on, once.
+ * A client socket closing before userspace tagged it gets a record with
+ * kind NONE: client_open then fails with EEXIST instead of counting an
+ * open whose close has already gone by. */
+static __always_inline void sock_closed(struct bpf_sock_ops *ops)
+{
+	struct sluice_bpf_sock *st;
+	struct bpf_sock *sk = ops->sk;
+	__u32 s;
+
+	if (!sk)
+		return;
+	st = bpf_sk_storage_get(&sock_tags, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st)
+		return;
+	if (st->kind == SLUICE_BPF_SOCK_NONE) {
+		st->closed = 1;
+		return;
+	}
+	/* TCP_CLOSE can be entered twice (tcp_close then tcp_done): only
+	 * the caller that flips closed 0 -> 1 counts. */
+	if (__sync_lock_test_and_set(&st->closed, 1) != 0)
+		return;
+	s = st->slot;
+	if (st->kind == SLUICE_BPF_SOCK_UPSTREAM) {
+		struct sluice_bpf_upstream *u = bpf_map_lookup_elem(&upstream_conns, &s);
+
+		if (u)
+			__sync_fetch_and_add(&u->closed, 1);
+	} else if (st->kind == SLUICE_BPF_SOCK_CLIENT) {
+		struct sluice_bpf_client *c = bpf_map_lookup_elem(&client_conns, &s);
+
+		if (c)
+			__sync_fetch_and_add(&c->closed, 1);
+	}
+}
+
+SEC("sockops")
+int sluice_sockops(struct bpf_sock_ops *ops)
+{
+	switch (ops->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		upstream_connect(ops);
+		break;
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		upstream_established(ops);
+		break;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		/* An accepted client socket (sluice only accepts on its
+		 * listeners): watch its state so a tagged one is counted
+		 * closed whenever and however it dies. */
+		bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		if (ops->args[1] == TCP_CLOSE)
+			sock_closed(ops);
+		break;
+	}
+	return 1;
+}
+
+/* ---- syscall programs ---------------------------------------------------- */
+
+/* The leading fields of union bpf_attr for BPF_MAP_*_ELEM: bpf_sys_bpf()
+ * takes a size, so the whole union need not sit on the stack. */
+struct map_elem_attr {
+	__u32 map_fd;
+	__u32 pad;
+	__u64 key;
+	__u64 value;
+	__u64 flags;
+};
+
+/* Admits one client connection.  In one program run, so a sluice killed
+ * mid-call leaves either nothing or a counted, tagged socket:
+ *   1. reserve: opened + 1 by compare-and-swap, refused at max_conns;
+ *   2. tag: create the socket's record {CLIENT, slot} (BPF_NOEXIST);
+ *   3. if the tag failed (the socket already closed, or was tagged), undo
+ *      the reservation as a close: the counters stay monotonic.
+ * Reserving before tagging means a close can never be counted for an open
+ * that is not counted yet. */
+SEC("syscall")
+int client_open(struct sluice_bpf_client_open_ctx *ctx)
+{
+	struct sluice_bpf_sock tag;
+	struct map_elem_attr attr;
+	struct sluice_bpf_client *c;
+	__u32 slot = ctx->slot, max = ctx->max_conns;
+	int fd = ctx->sock_fd, i, err;
+
+	c = bpf_map_lookup_elem(&client_conns, &slot);
+	if (!c) {
+		ctx->result = -EINVAL;
+		return 0;
+	}
+	for (i = 0; i < 32; i++) {
+		/* closed first: then opened >= closed, even under races */
+		__u64 closed = *(volatile __u64 *)&c->closed;
+		__u64 opened = *(volatile __u64 *)&c->opened;
+
+		if (max && opened - closed >= max) {
+			ctx->result = -EDQUOT;
+			return 0;
+		}
+		if (__sync_val_compare_and_swap(&c->opened, opened, opened + 1) == opened)
+			goto reserved;
+	}
+	ctx->result = -EAGAIN;
+	return 0;
+reserved:
+	tag.kind = SLUICE_BPF_SOCK_CLIENT;
+	tag.slot = slot;
+	tag.closed = 0;
+	tag.pad = 0;
+	attr.map_fd = ctx->storage_fd;
+	attr.pad = 0;
+	attr.key = (__u64)(long)&fd;
+	attr.value = (__u64)(long)&tag;
+	attr.flags = BPF_NOEXIST;
+	err = bpf_sys_bpf(BPF_MAP_UPDATE_ELEM, &attr, sizeof(attr));
+	if (err) {
+		__sync_fetch_and_add(&c->closed, 1);
+		ctx->result = err;
+		return 0;
+	}
+	ctx->result = 0;
+	return 0;
+}
+
+/* One finished connection: conns + 1 and its bytes on this CPU's slot. */
+SEC("syscall")
+int account(struct sluice_bpf_account_ctx *ctx)
+{
+	__u32 dp = ctx->datapath;
+	struct sluice_bpf_dp_stats *s = bpf_map_lookup_elem(&datapath_stats, &dp);
+
+	if (!s)
+		return -EINVAL;
+	/* Sleepable programs can be preempted on their CPU: atomic adds. */
+	__sync_fetch_and_add(&s->conns, 1);
+	__sync_fetch_and_add(&s->bytes_in, ctx->bytes_in);
+	__sync_fetch_and_add(&s->bytes_out, ctx->bytes_out);
+	return 0;
+}
