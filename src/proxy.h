@@ -142,6 +142,7 @@ struct sluice_conn {
 	struct sluice_sockaddr peer;
 	struct sluice_timer timer;     /* the current state's deadline */
 	uint64_t start_ms, last_active_ms;
+	bool moved;                    /* bytes moved during the current pump */
 
 	/* Strings below are heap-allocated only when there is something to say,
 	 * so an idle connection costs a few hundred bytes of its own. */

@@ -233,7 +233,7 @@ static int flow_splice(struct sluice_conn *c, struct sluice_flow *f)
 					return (int)n;
 				f->off += (size_t)n;
 				f->bytes += (uint64_t)n;
-				c->last_active_ms = sluice_now_ms();
+				c->moved = true;
 				continue;
 			}
 			buf_put(c->w, f->buf);
@@ -246,7 +246,7 @@ static int flow_splice(struct sluice_conn *c, struct sluice_flow *f)
 			if (n > 0) {
 				f->in_pipe -= (size_t)n;
 				f->bytes += (uint64_t)n;
-				c->last_active_ms = sluice_now_ms();
+				c->moved = true;
 				continue;
 			}
 			if (n < 0 && errno == EINTR)
@@ -507,7 +507,7 @@ static int flow_copy(struct sluice_conn *c, struct sluice_flow *f)
 				return (int)n;
 			f->off += (size_t)n;
 			f->bytes += (uint64_t)n;
-			c->last_active_ms = sluice_now_ms();
+			c->moved = true;
 			continue;
 		}
 		if (f->buf) {
@@ -548,13 +548,16 @@ static int flow_pump(struct sluice_conn *c, struct sluice_flow *f)
 
 enum sluice_relay_rc sluice_relay_pump(struct sluice_conn *c)
 {
-	int a = flow_pump(c, &c->c2u);
-	int b;
+	int a, b;
 
-	if (a == SLUICE_ERR)
-		return SLUICE_RELAY_ERR;
-	b = flow_pump(c, &c->u2c);
-	if (b == SLUICE_ERR)
+	/* The idle deadline needs the time of the last transfer, not of
+	 * every one: one clock read per pump instead of per splice. */
+	c->moved = false;
+	a = flow_pump(c, &c->c2u);
+	b = a == SLUICE_ERR ? SLUICE_ERR : flow_pump(c, &c->u2c);
+	if (c->moved)
+		c->last_active_ms = sluice_now_ms();
+	if (a == SLUICE_ERR || b == SLUICE_ERR)
 		return SLUICE_RELAY_ERR;
 	if (a == SLUICE_DONE && b == SLUICE_DONE)
 		return SLUICE_RELAY_DONE;
