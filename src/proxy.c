@@ -13,7 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <limits.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -27,6 +29,10 @@
 #define ACCEPT_BATCH 64          /* accepts per wakeup before yielding to I/O */
 #define FDLIMIT_PAUSE_MS 100     /* accept pause when out of fds */
 #define FDLIMIT_LOG_MS 10000     /* one "out of fds" line per interval */
+/* fds kept free for connections already accepted: each needs one for its
+ * upstream and up to four for pipes while bytes are in flight.  Accepting
+ * into the last fds would admit a connection that then fails its connect. */
+#define FD_RESERVE 16
 
 const char *sluice_version(void)
 {
@@ -117,7 +123,16 @@ static void listener_on_accept(struct sluice_io *io, uint32_t events)
 		peer.len = sizeof(peer.ss);
 		fd = accept4(l->io.fd, (struct sockaddr *)&peer.ss, &peer.len, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd >= 0) {
+			/* fds are handed out lowest first, so a high one means the
+			 * table is nearly full: serve this one, then pause. */
+			bool near_limit = l->w->proxy->fd_limit > 0 &&
+			                  fd >= l->w->proxy->fd_limit - FD_RESERVE;
+
 			sluice_conn_accept(l, fd, &peer);
+			if (near_limit) {
+				listener_fdlimit(l, EMFILE);
+				return;
+			}
 			continue;
 		}
 		switch (errno) {
@@ -389,6 +404,12 @@ int sluice_proxy_create(const char *config_path, struct sluice_proxy **out, char
 			snprintf(err, errlen, "out of memory");
 			goto fail;
 		}
+	}
+	{
+		struct rlimit rl;
+
+		if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < INT_MAX)
+			p->fd_limit = (int)rl.rlim_cur;
 	}
 	p->n_workers = cfg->workers;
 	p->workers = calloc(p->n_workers, sizeof(*p->workers));

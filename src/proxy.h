@@ -31,6 +31,7 @@ struct sluice_proxy {
 	struct sluice_limits *limits;
 	struct sluice_worker *workers;
 	unsigned n_workers;
+	int fd_limit;                  /* RLIMIT_NOFILE at start, 0 if unlimited */
 	_Atomic bool stopping;
 };
 
