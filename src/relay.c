@@ -217,6 +217,30 @@ static int flow_shutdown_dst(struct sluice_conn *c, struct sluice_flow *f)
 static ssize_t side_write(struct sluice_conn *c, struct sluice_side *s, const char *buf, size_t len);
 static int flow_ktls_record(struct sluice_conn *c, struct sluice_flow *f);
 
+/* Writes what the flow's buffer holds.  >0 bytes written (call again),
+ * 0 nothing held (the buffer, if any, went back to the pool), or
+ * SLUICE_AGAIN / SLUICE_ERR from side_write. */
+static ssize_t flow_write_buf(struct sluice_conn *c, struct sluice_flow *f)
+{
+	ssize_t n;
+
+	if (!f->buf)
+		return 0;
+	if (f->off < f->len) {
+		n = side_write(c, f->dst, f->buf->data + f->off, f->len - f->off);
+		if (n > 0) {
+			f->off += (size_t)n;
+			f->bytes += (uint64_t)n;
+			c->moved = true;
+		}
+		return n;
+	}
+	buf_put(c->w, f->buf);
+	f->buf = NULL;
+	f->off = f->len = 0;
+	return 0;
+}
+
 static int flow_splice(struct sluice_conn *c, struct sluice_flow *f)
 {
 	int round;
@@ -224,22 +248,13 @@ static int flow_splice(struct sluice_conn *c, struct sluice_flow *f)
 	for (round = 0; round < FLOW_ROUNDS; round++) {
 		ssize_t n;
 
-		if (f->buf) {
-			/* Application data that came with a control-record read
-			 * (flow_ktls_record): send it before anything newer. */
-			if (f->off < f->len) {
-				n = side_write(c, f->dst, f->buf->data + f->off, f->len - f->off);
-				if (n < 0)
-					return (int)n;
-				f->off += (size_t)n;
-				f->bytes += (uint64_t)n;
-				c->moved = true;
-				continue;
-			}
-			buf_put(c->w, f->buf);
-			f->buf = NULL;
-			f->off = f->len = 0;
-		}
+		/* Application data that came with a control-record read
+		 * (flow_ktls_record): send it before anything newer. */
+		n = flow_write_buf(c, f);
+		if (n < 0)
+			return (int)n;
+		if (n > 0)
+			continue;
 		if (f->in_pipe > 0) {
 			n = splice(f->pipe->rfd, NULL, f->dst->io.fd, NULL, f->in_pipe,
 			           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
@@ -501,20 +516,11 @@ static int flow_copy(struct sluice_conn *c, struct sluice_flow *f)
 	for (round = 0; round < FLOW_ROUNDS; round++) {
 		ssize_t n;
 
-		if (f->buf && f->off < f->len) {
-			n = side_write(c, f->dst, f->buf->data + f->off, f->len - f->off);
-			if (n < 0)
-				return (int)n;
-			f->off += (size_t)n;
-			f->bytes += (uint64_t)n;
-			c->moved = true;
+		n = flow_write_buf(c, f);
+		if (n < 0)
+			return (int)n;
+		if (n > 0)
 			continue;
-		}
-		if (f->buf) {
-			buf_put(c->w, f->buf);
-			f->buf = NULL;
-			f->off = f->len = 0;
-		}
 		if (f->src_eof)
 			return flow_shutdown_dst(c, f);
 		f->buf = buf_get(c->w);
