@@ -286,3 +286,63 @@ t_16_fd_exhaustion_pauses_accepts() {
 	[ "$(closes '.result=="ok" and .listener=="plain"' | wc -l)" = 25 ]
 	sluice_stop
 }
+
+t_17_upstream_dies_mid_transfer() {
+	# The upstream vanishes with a transfer in flight: that client is
+	# closed (upstream_error), sluice's counters come back (the next
+	# connections are admitted under max_conns 2 and balanced), nothing else
+	# is disturbed.
+	ALICE_MAX=2 config $WORK/c.yaml; sluice_start $WORK/c.yaml 5000
+	local i out
+	# Only up1 takes the doomed transfer.
+	up_stop 2; up_stop 3
+	client --connect 198.18.0.1:5000 $(tlsas alice) --send $BULK --half-close --seed 17 --timeout 60 >$WORK/doomed.json &
+	local bg=$!
+	for i in $(seq 100); do [ "$(established ${NSU[0]} 9000)" -ge 1 ] && break; sleep 0.05; done
+	sleep 0.2
+	up_stop 1
+	wait $bg || true
+	expect_json "$(cat $WORK/doomed.json)" '.error != null and .recv < .sent' "the client of the dead upstream is closed"
+	wait_closes 1 '.result=="upstream_error"'
+	log "   doomed: $(closes '.result=="upstream_error"' | jq -c '{result,detail,bytes_in,bytes_out}')"
+	up_start 1; up_start 2; up_start 3
+	for i in 1 2 3; do
+		out=$(client --connect 198.18.0.1:5000 $(tlsas alice) --send 100000 --half-close --seed $i)
+		sha_ok "$out" "connection $i after the upstream died (max_conns 2 must not be stuck)"
+	done
+	sluice_stop
+}
+
+t_18_client_that_never_reads() {
+	# A client that sends but never reads: sluice must not buffer without
+	# bound; TCP flow control stops the echo upstream, then the client.
+	config $WORK/c.yaml; sluice_start $WORK/c.yaml 5002
+	local rss0 rss1 sent
+	rss0=$(awk '/VmRSS/ {print $2}' /proc/$SLUICE_PID/status)
+	sent=$(inc timeout 6 python3 -c '
+import socket, sys, time
+s = socket.create_connection(("198.18.0.1", 5002))
+s.settimeout(0.5)
+buf = b"x" * 65536
+sent = 0
+start = time.time()
+at3 = None
+while time.time() < start + 4:
+    if at3 is None and time.time() >= start + 3:
+        at3 = sent
+    try:
+        sent += s.send(buf)
+    except socket.timeout:
+        pass
+print(at3, sent)
+')
+	rss1=$(awk '/VmRSS/ {print $2}' /proc/$SLUICE_PID/status)
+	log "   never-reading client: $sent bytes accepted at 3 s / 4 s (kernel socket buffers on the way), sluice RSS $rss0 -> $rss1 KiB"
+	set -- $sent
+	[ "$1" = "$2" ] || { log "still sending in the last second: flow control did not stop it"; return 1; }
+	[ "$2" -lt $((128 * 1024 * 1024)) ]
+	[ $((rss1 - rss0)) -lt 4096 ]
+	out=$(client --connect 198.18.0.1:5002 --send 100000 --half-close)
+	sha_ok "$out" "another client meanwhile"
+	sluice_stop
+}
