@@ -296,7 +296,8 @@ t_17_upstream_dies_mid_transfer() {
 	local i out
 	# Only up1 takes the doomed transfer.
 	up_stop 2; up_stop 3
-	client --connect 198.18.0.1:5000 $(tlsas alice) --send $BULK --half-close --seed 17 --timeout 60 >$WORK/doomed.json &
+	# 512 MiB: still in flight after 0.2 s even unsanitized (~1 GB/s here).
+	client --connect 198.18.0.1:5000 $(tlsas alice) --send 512M --half-close --seed 17 --timeout 60 >$WORK/doomed.json &
 	local bg=$!
 	for i in $(seq 100); do [ "$(established ${NSU[0]} 9000)" -ge 1 ] && break; sleep 0.05; done
 	sleep 0.2
