@@ -8,6 +8,9 @@
 #   check NAME CMD [ARGS...]  run CMD: PASS NAME, or FAIL NAME: CMD ARGS (rc=N)
 #   pass NAME / fail NAME WHY record a result decided elsewhere
 #   summary                   "N passed, N failed"; non-zero if any failed or none ran
+#   sluice_config FILE KTLS WORKERS  a sluice config: one mtls listener on
+#                             127.0.0.1:$LPORT to an echo on 127.0.0.1:$UPORT,
+#                             certs from $CERTS, client alice allowed
 #
 # Waits poll instead of sleeping a fixed time: TCG makes every startup slow
 # and its speed varies with the host's load.
@@ -81,4 +84,26 @@ check() {
 summary() {
 	echo "$_vm_pass passed, $_vm_fail failed"
 	[ "$_vm_fail" = 0 ] && [ "$_vm_pass" -gt 0 ]
+}
+
+sluice_config() {
+	cat >"$1" <<EOF
+workers: $3
+log: { level: info, format: json }
+drain: 5s
+tls: { ca: $CERTS/ca.pem, cert: $CERTS/server.pem, key: $CERTS/server.key, ktls: $2 }
+listeners:
+  - name: web
+    listen: "127.0.0.1:$LPORT"
+    mode: mtls
+    upstream: echo
+    timeouts: { handshake: 60s, connect: 5s, idle: 300s, lifetime: 0s }
+upstreams:
+  - name: echo
+    servers:
+      - { address: "127.0.0.1:$UPORT" }
+clients:
+  - id: "CN=alice"
+    allow: [echo]
+EOF
 }

@@ -124,25 +124,7 @@ echo_start() {
 sluice_start() {
 	local mode=$1 name=${2:-$1} cfg=/tmp/sluice-$1.yaml
 	CUR_MODE=$mode
-	cat >"$cfg" <<EOF
-workers: 2
-log: { level: info, format: json }
-drain: 5s
-tls: { ca: $CERTS/ca.pem, cert: $CERTS/server.pem, key: $CERTS/server.key, ktls: $mode }
-listeners:
-  - name: web
-    listen: "127.0.0.1:$LPORT"
-    mode: mtls
-    upstream: echo
-    timeouts: { handshake: 60s, connect: 5s, idle: 300s, lifetime: 0s }
-upstreams:
-  - name: echo
-    servers:
-      - { address: "127.0.0.1:$UPORT" }
-clients:
-  - id: "CN=alice"
-    allow: [echo]
-EOF
+	sluice_config "$cfg" "$mode" 2
 	LOG=/tmp/sluice-$name.log
 	"$SLUICE" run -c "$cfg" 2>"$LOG" &
 	SPID=$!

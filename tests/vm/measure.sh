@@ -44,25 +44,7 @@ waitport $UPORT || exit 1
 # run MODE: one traced transfer; leaves /tmp/trace.MODE and /tmp/sluice-MODE.log
 run() {
 	local mode=$1 cfg=/tmp/measure-$1.yaml spid tpid n
-	cat >"$cfg" <<EOF
-workers: 1
-log: { level: info, format: json }
-drain: 5s
-tls: { ca: $CERTS/ca.pem, cert: $CERTS/server.pem, key: $CERTS/server.key, ktls: $mode }
-listeners:
-  - name: web
-    listen: "127.0.0.1:$LPORT"
-    mode: mtls
-    upstream: echo
-    timeouts: { handshake: 60s, connect: 5s, idle: 300s, lifetime: 0s }
-upstreams:
-  - name: echo
-    servers:
-      - { address: "127.0.0.1:$UPORT" }
-clients:
-  - id: "CN=alice"
-    allow: [echo]
-EOF
+	sluice_config "$cfg" "$mode" 1
 	"$STRACE" -f -qq -s 0 -o /tmp/trace.$mode "$SLUICE" run -c "$cfg" 2>/tmp/sluice-$mode.log &
 	tpid=$!
 	waitport $LPORT 60 || { cat /tmp/sluice-$mode.log; return 1; }
