@@ -347,3 +347,22 @@ print(at3, sent)
 	sha_ok "$out" "another client meanwhile"
 	sluice_stop
 }
+
+t_19_slowloris_closed_at_handshake_deadline() {
+	# A client dribbling a ClientHello one byte per second keeps the socket
+	# busy but never finishes: the handshake deadline is absolute, so it is
+	# closed at 2 s however many bytes trickle in; others are served.
+	HS_TIMEOUT=2s config $WORK/c.yaml; sluice_start $WORK/c.yaml 5000
+	local out
+	inc timeout 10 bash -c 'exec 3<>/dev/tcp/198.18.0.1/5000 || exit 1
+		for b in 16 03 01 02 00 01 00 01 fc 03 03; do printf "\x$b" >&3 2>/dev/null || exit 0; sleep 1; done' &
+	local slow=$!
+	sleep 0.5
+	out=$(client --connect 198.18.0.1:5000 $(tlsas alice) --send 100000 --half-close)
+	sha_ok "$out" "alice during the slowloris"
+	wait $slow || true
+	wait_closes 1 '.result=="timeout_handshake"'
+	expect_json "$(closes '.result=="timeout_handshake"')" '.duration_ms >= 1900 and .duration_ms < 3500' "slowloris closed at the 2 s deadline"
+	log "   slowloris: $(closes '.result=="timeout_handshake"' | jq -c '{result,duration_ms}')"
+	sluice_stop
+}
