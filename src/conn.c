@@ -86,6 +86,7 @@ void sluice_conn_detail(struct sluice_conn *c, const char *fmt, ...)
 
 #define LINGER_MS 2000        /* longest wait for the client to take our last bytes */
 #define LINGER_POLL_MS 20     /* how often the send queue is looked at */
+#define FD_WAIT_POLL_MS 50    /* out of fds: how often socket() is retried */
 
 static void linger_end(struct sluice_linger *lg)
 {
@@ -503,6 +504,26 @@ static void conn_connected(struct sluice_conn *c)
 	conn_relay_start(c);
 }
 
+/* Out of fds with the client already accepted: closing it would lose a
+ * connection that a close elsewhere is about to make room for.  Wait
+ * instead, polling every FD_WAIT_POLL_MS, for at most the connect timeout;
+ * accepts pause meanwhile so the wait does not grow. */
+static void conn_fd_wait(struct sluice_conn *c, const char *addr, int err)
+{
+	uint64_t now = sluice_now_ms();
+
+	if (!c->fd_wait_until_ms)
+		c->fd_wait_until_ms = deadline(now, c->l->cfg->timeouts.connect_ms);
+	if (now >= c->fd_wait_until_ms) {
+		note_connect_error(c, addr, strerror(err));
+		sluice_conn_close(c, "no_upstream", c->connect_errors);
+		return;
+	}
+	sluice_listener_fdlimit(c->l, err);
+	conn_arm(c, now + FD_WAIT_POLL_MS < c->fd_wait_until_ms ? now + FD_WAIT_POLL_MS
+	                                                         : c->fd_wait_until_ms);
+}
+
 static void conn_connect_next(struct sluice_conn *c)
 {
 	struct sluice_pool *pool = conn_pool(c);
@@ -525,12 +546,17 @@ static void conn_connect_next(struct sluice_conn *c)
 		c->tried |= UINT64_C(1) << srv;
 		fd = socket(s->sa.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 		if (fd < 0) {
-			/* EMFILE/ENFILE/ENOBUFS: this proxy is out of resources; the
-			 * next server would fail the same way. */
-			note_connect_error(c, s->address, strerror(errno));
+			/* EMFILE/ENFILE/ENOBUFS/ENOMEM: this proxy, not the server, is
+			 * out of resources, and the next server would fail the same
+			 * way.  The server was not tried: un-pick it. */
+			int err = errno;
+
 			sluice_pool_release(pool, (unsigned)srv);
 			c->server = -1;
-			sluice_conn_close(c, "no_upstream", c->connect_errors);
+			c->tried &= ~(UINT64_C(1) << srv);
+			if (sluice_worker_pipes_trim(c->w) > 0)
+				continue; /* cached pipes were holding the fds */
+			conn_fd_wait(c, s->address, err);
 			return;
 		}
 		/* Proxied streams are latency-sensitive request/response traffic
@@ -646,6 +672,10 @@ static void conn_on_timer(struct sluice_timer *t)
 		sluice_conn_close(c, "timeout_handshake", NULL);
 		return;
 	case SLUICE_CONN_CONNECT:
+		if (c->server < 0) {
+			conn_connect_next(c); /* waiting for an fd: try again */
+			return;
+		}
 		conn_connect_failed(c, "connect timeout");
 		return;
 	case SLUICE_CONN_RELAY:

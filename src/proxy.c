@@ -33,6 +33,7 @@
  * upstream and up to four for pipes while bytes are in flight.  Accepting
  * into the last fds would admit a connection that then fails its connect. */
 #define FD_RESERVE 16
+#define MAX_FREE_PIPES 64        /* per worker */
 
 const char *sluice_version(void)
 {
@@ -88,7 +89,7 @@ static void listener_close(struct sluice_listener *l)
 	l->io.fd = -1;
 }
 
-static void listener_fdlimit(struct sluice_listener *l, int err)
+void sluice_listener_fdlimit(struct sluice_listener *l, int err)
 {
 	uint64_t now = sluice_now_ms();
 
@@ -130,7 +131,7 @@ static void listener_on_accept(struct sluice_io *io, uint32_t events)
 
 			sluice_conn_accept(l, fd, &peer);
 			if (near_limit) {
-				listener_fdlimit(l, EMFILE);
+				sluice_listener_fdlimit(l, EMFILE);
 				return;
 			}
 			continue;
@@ -146,12 +147,12 @@ static void listener_on_accept(struct sluice_io *io, uint32_t events)
 		case ENFILE:
 		case ENOBUFS:
 		case ENOMEM:
-			listener_fdlimit(l, errno);
+			sluice_listener_fdlimit(l, errno);
 			return;
 		default:
 			sluice_log(SLUICE_LOG_ERROR, "accept", "listener %s: accept: %s", l->cfg->name,
 			           strerror(errno));
-			listener_fdlimit(l, errno);
+			sluice_listener_fdlimit(l, errno);
 			return;
 		}
 	}
@@ -284,6 +285,11 @@ static int worker_init(struct sluice_proxy *p, struct sluice_worker *w, unsigned
 
 	w->proxy = p;
 	w->id = id;
+	/* Cached pipes hold two fds each: the cache may take a 32nd of the
+	 * fd table per worker, at most 64 pipes, so it never starves accepts. */
+	w->max_free_pipes = MAX_FREE_PIPES;
+	if (p->fd_limit > 0 && (unsigned)p->fd_limit / 64 / p->n_workers < MAX_FREE_PIPES)
+		w->max_free_pipes = (unsigned)p->fd_limit / 64 / p->n_workers;
 	w->stop_io.fd = -1;
 	sluice_timer_init(&w->drain_timer, worker_on_drain_deadline);
 	w->listeners = calloc(cfg->n_listeners, sizeof(*w->listeners));

@@ -84,7 +84,7 @@ struct sluice_worker {
 	struct sluice_conn *graveyard; /* closed this iteration; freed after it */
 	struct sluice_linger *lingering; /* client sockets draining before close */
 	struct sluice_pipe *free_pipes;
-	unsigned n_free_pipes;
+	unsigned n_free_pipes, max_free_pipes; /* cache bounded by the fd limit */
 	struct sluice_buf *free_bufs;
 	unsigned n_free_bufs;
 };
@@ -161,6 +161,7 @@ struct sluice_conn {
 
 	int server;                    /* index in the pool, -1 when none held */
 	uint64_t tried;                /* servers tried by this connection */
+	uint64_t fd_wait_until_ms;     /* out of fds: retry socket() until then, 0 if not waiting */
 	char *connect_errors;          /* "addr: why; addr: why" */
 
 	const char *result;            /* set once: the first reason wins */
@@ -172,6 +173,8 @@ void sluice_conn_accept(struct sluice_listener *l, int fd, const struct sluice_s
 void sluice_conn_close(struct sluice_conn *c, const char *result, const char *detail);
 /* Sets the close line's detail unless one is set (the first reason wins). */
 void sluice_conn_detail(struct sluice_conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* proxy.c: out of fds; the listener stops accepting for a while. */
+void sluice_listener_fdlimit(struct sluice_listener *l, int err);
 int sluice_conn_verify_cb(int preverify_ok, X509_STORE_CTX *ctx);
 
 void sluice_linger_free_all(struct sluice_worker *w);
@@ -185,6 +188,8 @@ enum sluice_relay_rc sluice_relay_pump(struct sluice_conn *c);
 /* Returns the flow's pipe/buffer to the worker's pools. */
 void sluice_relay_release(struct sluice_conn *c);
 void sluice_worker_pools_free(struct sluice_worker *w);
+/* Closes the cached pipes; returns how many fds that gave back. */
+unsigned sluice_worker_pipes_trim(struct sluice_worker *w);
 
 /* proxy.c */
 void sluice_worker_conn_gone(struct sluice_worker *w);

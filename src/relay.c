@@ -37,7 +37,6 @@
 
 #define FLOW_ROUNDS 16
 #define PIPE_SIZE (1024 * 1024)  /* a third less relay CPU than 64 KiB (design.md) */
-#define MAX_FREE_PIPES 64
 #define MAX_FREE_BUFS 64
 
 /* ---- pools: pipes and buffers, per worker, no locks ---- */
@@ -73,7 +72,7 @@ static void pipe_put(struct sluice_worker *w, struct sluice_pipe *p, bool empty)
 {
 	/* A pipe that may still hold bytes (error path) is never reused: its
 	 * stale bytes would leak into another connection. */
-	if (empty && w->n_free_pipes < MAX_FREE_PIPES) {
+	if (empty && w->n_free_pipes < w->max_free_pipes) {
 		p->next = w->free_pipes;
 		w->free_pipes = p;
 		w->n_free_pipes++;
@@ -107,8 +106,10 @@ static void buf_put(struct sluice_worker *w, struct sluice_buf *b)
 	free(b);
 }
 
-void sluice_worker_pools_free(struct sluice_worker *w)
+unsigned sluice_worker_pipes_trim(struct sluice_worker *w)
 {
+	unsigned fds = 0;
+
 	while (w->free_pipes) {
 		struct sluice_pipe *p = w->free_pipes;
 
@@ -116,7 +117,15 @@ void sluice_worker_pools_free(struct sluice_worker *w)
 		close(p->rfd);
 		close(p->wfd);
 		free(p);
+		fds += 2;
 	}
+	w->n_free_pipes = 0;
+	return fds;
+}
+
+void sluice_worker_pools_free(struct sluice_worker *w)
+{
+	(void)sluice_worker_pipes_trim(w);
 	while (w->free_bufs) {
 		struct sluice_buf *b = w->free_bufs;
 
@@ -214,8 +223,36 @@ static int flow_shutdown_dst(struct sluice_conn *c, struct sluice_flow *f)
 
 /* ---- splice: plain TCP to plain TCP ---- */
 
+static ssize_t side_read(struct sluice_conn *c, struct sluice_side *s, char *buf, size_t len);
 static ssize_t side_write(struct sluice_conn *c, struct sluice_side *s, const char *buf, size_t len);
 static int flow_ktls_record(struct sluice_conn *c, struct sluice_flow *f);
+
+/* A splice flow that cannot get a pipe reads one buffer instead; the
+ * write side (flow_write_buf) is already shared with kTLS control
+ * records.  SLUICE_OK to go on, SLUICE_AGAIN or SLUICE_ERR. */
+static int flow_read_buf(struct sluice_conn *c, struct sluice_flow *f)
+{
+	ssize_t n;
+
+	if (f->src->ktls_rx)
+		return flow_ktls_record(c, f);
+	f->buf = buf_get(c->w);
+	if (!f->buf)
+		return flow_fail(c, f->src, "buffer", ENOMEM);
+	n = side_read(c, f->src, f->buf->data, sizeof(f->buf->data));
+	if (n > 0) {
+		f->off = 0;
+		f->len = (size_t)n;
+		return SLUICE_OK;
+	}
+	buf_put(c->w, f->buf);
+	f->buf = NULL;
+	if (n == 0) {
+		f->src_eof = true;
+		return SLUICE_OK;
+	}
+	return (int)n;
+}
 
 /* Writes what the flow's buffer holds.  >0 bytes written (call again),
  * 0 nothing held (the buffer, if any, went back to the pool), or
@@ -280,8 +317,18 @@ static int flow_splice(struct sluice_conn *c, struct sluice_flow *f)
 		if (f->src_eof)
 			return flow_shutdown_dst(c, f);
 		f->pipe = pipe_get(c->w);
-		if (!f->pipe)
-			return flow_fail(c, f->src, "pipe", errno);
+		if (!f->pipe) {
+			int r;
+
+			if (errno != EMFILE && errno != ENFILE && errno != ENOMEM)
+				return flow_fail(c, f->src, "pipe", errno);
+			/* Out of fds: losing the connection for want of a pipe
+			 * would be worse than copying this round. */
+			r = flow_read_buf(c, f);
+			if (r != SLUICE_OK)
+				return r;
+			continue;
+		}
 		n = splice(f->src->io.fd, NULL, f->pipe->wfd, NULL, PIPE_SIZE,
 		           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
 		if (n > 0) {

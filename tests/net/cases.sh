@@ -262,10 +262,12 @@ t_15_ktls_require_refused_without_kernel_tls() {
 }
 
 t_16_fd_exhaustion_pauses_accepts() {
-	# sluice with 40 fds: 25 clients that each hold a proxied pair (2 fds)
-	# for 2 s cannot all be accepted at once.  Accepts pause (logged once
-	# per interval, no busy loop), resume as pairs close, and every client
-	# is served in the end, byte-exact.
+	# sluice with 40 fds: 40 clients that each hold a proxied pair (2 fds)
+	# for 2 s, then move 256 KiB, cannot all be accepted at once.  Accepts
+	# pause (logged once per interval, no busy loop), resume as pairs
+	# close; a connection accepted into the last fds waits for one to
+	# connect upstream, and a flow without a pipe copies instead.  Every
+	# client is served in the end, byte-exact.
 	WORKERS=1 config $WORK/c.yaml
 	SLUICE_LOG=$WORK/$TEST_NAME.log
 	nsenter --net=/run/netns/$NSP prlimit --nofile=40:40 "$SLUICE" run -c $WORK/c.yaml 2>"$SLUICE_LOG" &
@@ -273,17 +275,17 @@ t_16_fd_exhaustion_pauses_accepts() {
 	wait_port $NSP 5002
 	local i pids=() t0 ticks0 ticks1
 	ticks0=$(awk '{print $14+$15}' /proc/$SLUICE_PID/stat)
-	for i in $(seq 25); do
-		client --connect 198.18.0.1:5002 --hold 2 --send 1000 --half-close --seed $i --timeout 60 >$WORK/f$i.json &
+	for i in $(seq 40); do
+		client --connect 198.18.0.1:5002 --hold 2 --send 256K --half-close --seed $i --timeout 60 >$WORK/f$i.json &
 		pids+=($!)
 	done
-	for i in $(seq 25); do wait ${pids[$((i-1))]} || true; sha_ok "$(cat $WORK/f$i.json)" "client $i of 25"; done
+	for i in $(seq 40); do wait ${pids[$((i-1))]} || true; sha_ok "$(cat $WORK/f$i.json)" "client $i of 40"; done
 	ticks1=$(awk '{print $14+$15}' /proc/$SLUICE_PID/stat)
 	grep -q '"event":"accept_paused"' $SLUICE_LOG || { log "no accept_paused line"; return 1; }
 	log "   $(grep -c '"event":"accept_paused"' $SLUICE_LOG) accept_paused line(s): $(grep -m1 accept_paused $SLUICE_LOG | jq -r .msg)"
 	log "   sluice CPU while paused and serving: $((ticks1 - ticks0)) ticks (no busy loop: < 100)"
 	[ $((ticks1 - ticks0)) -lt 100 ]
-	[ "$(closes '.result=="ok" and .listener=="plain"' | wc -l)" = 25 ]
+	[ "$(closes '.result=="ok" and .listener=="plain"' | wc -l)" = 40 ]
 	sluice_stop
 }
 
