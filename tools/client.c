@@ -7,6 +7,7 @@
  *          [--check-stream] [--allow-early-close]
  *          [--key-update-at N [--key-update requested|not-requested]]
  *          [--ktls-alert LEVEL:DESC]
+ *          [--reset-after N] [--pause-read SECONDS]
  *          [--garbage N] [--count C --parallel P] [--timeout SECONDS]
  *
  * Sends N bytes of the deterministic stream (tools/toolkit.h; the same one
@@ -53,6 +54,15 @@
  *                  close_notify; read until the peer closes (EOF or reset):
  *                  that is success, with the bytes received checked as a
  *                  prefix of the stream (not counted)
+ *   --reset-after N  once N bytes have been sent (after the handshake), set
+ *                  SO_LINGER {1, 0} and close(): the kernel sends an RST, no
+ *                  close_notify, no FIN; a client that vanishes mid-transfer.
+ *                  Success = the reset went out with no error before it (the
+ *                  bytes received until then are checked as usual)
+ *   --pause-read S  do not read anything for S seconds after the handshake
+ *                  (the socket is not even polled for input), then read on
+ *                  as usual: a client that stops reading while the server
+ *                  pushes, and whose bytes must all arrive intact afterwards
  *
  * TLS 1.3 note: the server judges the client certificate after the client's
  * handshake has completed, so a refused client shows "handshake":"ok" and
@@ -63,7 +73,7 @@
  *    "sent":N,"sent_sha256":"..","recv":N,"recv_sha256":"..","eof":true,
  *    "close_notify":true,"reset":false,"alert":null,"error":null,
  *    "recv_prefix_ok":true,"mismatch_at":null,"key_update":null,
- *    "alert_sent":null,"write_error":null,"ms":12}
+ *    "alert_sent":null,"write_error":null,"reset_sent":false,"ms":12}
  * recv_prefix_ok is null when the received bytes were not checked against
  * the stream; key_update is the type sent ("requested"/"not-requested");
  * alert_sent is "LEVEL:DESC" once --ktls-alert went out.
@@ -119,6 +129,9 @@ static struct {
 	bool ktls_alert;
 	uint8_t alert_level, alert_desc;
 	uint64_t hold_ms;
+	uint64_t reset_after;
+	bool reset_set;
+	uint64_t pause_read_ms;
 	uint64_t garbage;
 	bool garbage_set;
 	uint64_t count, parallel;
@@ -146,6 +159,8 @@ struct conn {
 	int fd;
 	SSL *ssl;
 	uint64_t t_start, t_end, hold_until;
+	uint64_t read_from;         /* --pause-read: no reads before this time */
+	bool reset_sent;            /* --reset-after: the RST went out */
 	bool connected;
 	const char *handshake;      /* NULL (not reached), "none", "ok", "failed" */
 	const char *tls_version_s;  /* static strings from OpenSSL's tables */
@@ -385,7 +400,7 @@ static void conn_finish(struct conn *c)
 	if (c->ssl) {
 		/* Polite close_notify when the exchange went well and none was sent
 		 * (never with --abort, nor after our own --ktls-alert). */
-		if (!c->error[0] && !c->wr_shut && !o.abort_close && !c->alert_done &&
+		if (!c->error[0] && !c->wr_shut && !o.abort_close && !c->alert_done && !c->reset_sent &&
 		    !(SSL_get_shutdown(c->ssl) & SSL_SENT_SHUTDOWN)) {
 			ERR_clear_error();
 			(void)SSL_shutdown(c->ssl);   /* best effort: we close right after */
@@ -510,7 +525,8 @@ static void conn_enter_run(struct conn *c)
 {
 	c->st = ST_RUN;
 	c->hold_until = tk_now_ms() + o.hold_ms;
-	c->rd_ev = POLLIN;
+	c->read_from = tk_now_ms() + o.pause_read_ms;
+	c->rd_ev = o.pause_read_ms ? 0 : POLLIN;
 	c->wr_ev = 0;
 }
 
@@ -595,8 +611,11 @@ static void conn_step(struct conn *c)
 		bool progress = false;
 		uint64_t now = tk_now_ms();
 
-		/* receive */
-		if (!c->eof) {
+		/* receive (not during --pause-read: rd_ev stays 0 meanwhile, so
+		 * poll does not spin on the pending input) */
+		if (!c->eof && now < c->read_from) {
+			c->rd_ev = 0;
+		} else if (!c->eof) {
 			size_t got = 0;
 			enum io r = io_read(c, &got);
 			if (r == IO_OK) {
@@ -658,6 +677,17 @@ static void conn_step(struct conn *c)
 
 		/* send, after the hold */
 		c->wr_ev = 0;
+		if (o.reset_set && now >= c->hold_until && c->sent >= o.reset_after) {
+			/* SO_LINGER {1, 0}: close() discards what is queued and sends
+			 * an RST instead of a FIN (and no close_notify before it). */
+			struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+			if (setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)) < 0)
+				set_error(c, "SO_LINGER: %s", strerror(errno));
+			else
+				c->reset_sent = true;
+			conn_finish(c);
+			return;
+		}
 		if (now >= c->hold_until && o.ku_set && !c->ku_done && !c->send_stopped &&
 		    c->sent >= o.ku_at && c->sbuf_off == c->sbuf_len) {
 			/* At a chunk boundary, so no record write is pending. */
@@ -850,6 +880,7 @@ static void print_conn(const struct conn *c)
 		fputs("null", stdout);
 	printf(",\"write_error\":");
 	json_str(stdout, c->write_error[0] ? c->write_error : NULL);
+	printf(",\"reset_sent\":%s", c->reset_sent ? "true" : "false");
 	printf(",\"ms\":%llu}\n", (unsigned long long)(c->t_end - c->t_start));
 }
 
@@ -866,6 +897,7 @@ static void usage(const char *why)
 	        "              [--half-close | --abort] [--hold SECONDS] [--garbage N]\n"
 	        "              [--check-stream] [--allow-early-close] [--ktls-alert LEVEL:DESC]\n"
 	        "              [--key-update-at N [--key-update requested|not-requested]]\n"
+	        "              [--reset-after N] [--pause-read SECONDS]\n"
 	        "              [--count C] [--parallel P] [--timeout SECONDS]\n"
 	        "  sizes take K/M/G suffixes (KiB/MiB/GiB)\n");
 	exit(2);
@@ -941,7 +973,7 @@ static void parse_args(int argc, char **argv)
 		O_CONNECT = 256, O_TLS, O_CERT, O_KEY, O_CA, O_SNI, O_NOVERIFY, O_VER, O_CIPHER,
 		O_NOCERT, O_SEND, O_SEED, O_EXPECT, O_EXPECT_ANY, O_EXPECT_SHA, O_HALF, O_HOLD,
 		O_GARBAGE, O_COUNT, O_PAR, O_TIMEOUT, O_HELP, O_ABORT, O_CHECK, O_EARLY, O_KU_AT,
-		O_KU, O_KTLS_ALERT,
+		O_KU, O_KTLS_ALERT, O_RESET_AFTER, O_PAUSE_READ,
 	};
 	static const struct option opts[] = {
 		{ "connect", required_argument, NULL, O_CONNECT },
@@ -972,6 +1004,8 @@ static void parse_args(int argc, char **argv)
 		{ "key-update-at", required_argument, NULL, O_KU_AT },
 		{ "key-update", required_argument, NULL, O_KU },
 		{ "ktls-alert", required_argument, NULL, O_KTLS_ALERT },
+		{ "reset-after", required_argument, NULL, O_RESET_AFTER },
+		{ "pause-read", required_argument, NULL, O_PAUSE_READ },
 		{ 0, 0, 0, 0 },
 	};
 	int c;
@@ -1006,6 +1040,8 @@ static void parse_args(int argc, char **argv)
 		case O_PAR: o.parallel = parse_size(optarg, "--parallel"); break;
 		case O_TIMEOUT: o.timeout_ms = parse_seconds_ms(optarg, "--timeout"); break;
 		case O_ABORT: o.abort_close = true; break;
+		case O_RESET_AFTER: o.reset_after = parse_size(optarg, "--reset-after"); o.reset_set = true; break;
+		case O_PAUSE_READ: o.pause_read_ms = parse_seconds_ms(optarg, "--pause-read"); break;
 		case O_CHECK: o.check_stream = true; break;
 		case O_EARLY: o.allow_early_close = true; break;
 		case O_KU_AT: o.ku_at = parse_size(optarg, "--key-update-at"); o.ku_set = true; break;
@@ -1043,6 +1079,9 @@ static void parse_args(int argc, char **argv)
 		usage("--garbage excludes --tls, --send, --expect*, --half-close");
 	if (o.abort_close && (o.half_close || o.garbage_set || o.ktls_alert))
 		usage("--abort excludes --half-close, --garbage, --ktls-alert");
+	if (o.reset_set && (o.half_close || o.abort_close || o.garbage_set || o.ktls_alert ||
+	                    o.allow_early_close))
+		usage("--reset-after excludes --half-close, --abort, --garbage, --ktls-alert, --allow-early-close");
 	if (o.ktls_alert && o.half_close)
 		usage("--ktls-alert excludes --half-close");
 	if ((o.ku_set || o.ktls_alert) && !o.tls)
@@ -1167,6 +1206,8 @@ int main(int argc, char **argv)
 			}
 			if (c->st == ST_RUN && now < c->hold_until && c->hold_until < wake)
 				wake = c->hold_until;
+			if (c->st == ST_RUN && now < c->read_from && c->read_from < wake)
+				wake = c->read_from;
 			if (c->busy)
 				wake = now;
 			pfd[n].fd = c->fd;

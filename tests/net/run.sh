@@ -111,6 +111,7 @@ run_test() {
 }
 
 . tests/net/cases.sh
+. tests/net/faults.sh
 
 TESTS=("$@")
 [ ${#TESTS[@]} -gt 0 ] || TESTS=($(declare -F | awk '{print $3}' | grep '^t_'))
