@@ -19,6 +19,26 @@ wait_fds() {
 	return 1
 }
 
+# rx_packets I: packets received by upstream I's link
+rx_packets() { ip -n ${NSU[$(($1-1))]} -s -j link show dev slu$1$SUF | jq '.[0].stats64.rx.packets'; }
+
+# on_exit_too CMD: undo a change to the hosts even when the test fails:
+# CMD runs when the test's subshell exits, before run.sh's own EXIT trap
+# (which must see the test's exit status, hence the save and restore).
+on_exit_too() {
+	local prev
+	prev=$(trap -p EXIT | sed -e "s/^trap -- '//" -e "s/' EXIT\$//")
+	trap -- "__rc=\$?; { $1; } 2>/dev/null || true; (exit \$__rc); $prev" EXIT
+}
+
+# no_quarantine: for the memory-bound cases under ASan, whose quarantine
+# keeps freed blocks (up to 256 MiB) resident, so RSS would measure it
+# rather than sluice; call before sluice_start.
+no_quarantine() {
+	[ "${SLUICE_SANITIZER:-}" = asan ] && export ASAN_OPTIONS="$ASAN_OPTIONS:quarantine_size_mb=0:thread_local_quarantine_size_kb=0"
+	return 0
+}
+
 # faulty_config FILE ADDR...: the suite's config plus listeners "faulty"
 # (198.18.0.1:5010, mtls) and "faultytcp" (198.18.0.1:5011, tcp) on a pool
 # "faulty" of the given servers, allowed to alice and to the client host.
@@ -238,5 +258,189 @@ t_22_certificate_chain_depth_selfsigned_uri_only() {
 	wait_closes 1 '.result=="tls_handshake"'
 	expect_json "$(closes '.result=="tls_handshake"')" '.detail=="unable to get certificate CRL"' "fail-closed CRL check"
 	log "   chain-long: admitted at verify_depth 3 without a CRL; with crl.pem: \"unable to get certificate CRL\""
+	sluice_stop
+}
+
+t_23_upstream_blackhole_connect_timeout() {
+	# An upstream that never answers a SYN (its replies are routed into a
+	# blackhole in its namespace): the client is served by the next server
+	# once the 1 s connect timeout expires; with every server blackholed it
+	# gets no_upstream, each server's "connect timeout" in the detail.
+	local out t0 ms i rx0
+	CONNECT_TIMEOUT=1s config $WORK/c.yaml
+	sed -i '/198.18.3.2:9000/d' $WORK/c.yaml   # pool web = up1, up2
+	up_stop 1
+	sluice_start $WORK/c.yaml 5000
+	# A long transfer on up2 (up1 is down): least_conn then prefers up1.
+	client --connect 198.18.0.1:5000 $(tlsas alice) --hold 3 --send $((BULK / 4)) --half-close --seed 23 --timeout 60 >$WORK/bg.json &
+	local bg=$!
+	for i in $(seq 100); do [ "$(established ${NSU[1]} 9000)" -ge 1 ] && break; sleep 0.05; done
+	[ "$(established ${NSU[1]} 9000)" -ge 1 ]
+	up_start 1
+	on_exit_too "ip -n ${NSU[0]} route del blackhole 198.18.1.1/32 2>/dev/null; ip -n ${NSU[1]} route del blackhole 198.18.2.1/32 2>/dev/null"
+	ip -n ${NSU[0]} route add blackhole 198.18.1.1/32
+	rx0=$(rx_packets 1)
+	t0=$(date +%s%N)
+	out=$(client --connect 198.18.0.1:5000 $(tlsas alice) --send 100000 --half-close --seed 24)
+	ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+	sha_ok "$out" "alice via up2 after up1's connect timeout"
+	wait_closes 1 '.result=="ok" and .bytes_in == 100000'
+	expect_json "$(closes '.result=="ok" and .bytes_in == 100000')" '.upstream=="198.18.2.2:9000" and .duration_ms >= 900' "served by up2 after >= 1 s"
+	# up1 did receive the SYNs (a blackhole, not a refusal or a dead link)
+	i=$(( $(rx_packets 1) - rx0 ))
+	[ "$i" -ge 1 ] || { log "up1 received nothing: not a blackhole"; return 1; }
+	log "   up1 blackholed ($i packets reached it, none answered): served by up2 after $ms ms (connect timeout 1 s)"
+	wait $bg; sha_ok "$(cat $WORK/bg.json)" "the transfer on up2 meanwhile"
+	ip -n ${NSU[1]} route add blackhole 198.18.2.1/32
+	t0=$(date +%s%N)
+	out=$(client --connect 198.18.0.1:5000 $(tlsas alice) --send 100 --half-close || true)
+	ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+	expect_json "$out" '.recv == 0 and .error != null' "every upstream blackholed: nothing echoed"
+	wait_closes 1 '.result=="no_upstream"'
+	expect_json "$(closes '.result=="no_upstream"')" '(.detail|test("198.18.1.2:9000: connect timeout")) and (.detail|test("198.18.2.2:9000: connect timeout")) and .duration_ms >= 1900' "no_upstream after both connect timeouts"
+	log "   both blackholed: client closed after $ms ms: $(closes '.result=="no_upstream"' | jq -r .detail)"
+	ip -n ${NSU[0]} route del blackhole 198.18.1.1/32
+	ip -n ${NSU[1]} route del blackhole 198.18.2.1/32
+	out=$(client --connect 198.18.0.1:5000 $(tlsas alice) --send 100000 --half-close --seed 25)
+	sha_ok "$out" "served again once the routes are back"
+	sluice_stop
+}
+
+t_24_upstream_resets_mid_stream() {
+	# The upstream echoes 4 MiB of a 64 MiB upload, then resets.  That
+	# client is closed (upstream_error) having received an exact prefix of
+	# its bytes; a transfer through a healthy upstream runs meanwhile.
+	faulty_config $WORK/c.yaml 198.18.1.2:9100
+	fault_up 1 9100 reset --after $((4 * 1024 * 1024))
+	sluice_start $WORK/c.yaml 5010
+	warm_up 5000
+	local fd0 out rep
+	fd0=$(fd_count $SLUICE_PID)
+	client --connect 198.18.0.1:5000 $(tlsas alice) --send $((BULK / 4)) --half-close --seed 24 --timeout 120 >$WORK/bg.json &
+	local bg=$!
+	out=$(client --connect 198.18.0.1:5010 $(tlsas alice) --send 64M --half-close --seed 25 --timeout 60 || true)
+	expect_json "$out" '.error != null and .recv < .sent and .mismatch_at == null' "the reset upstream's client is closed, bytes so far a correct prefix"
+	rep=$(fault_report 9100 1)
+	expect_json "$rep" '.end == "reset_sent" and .read >= 4194304' "the upstream reset after 4 MiB"
+	wait_closes 1 '.result=="upstream_error"'
+	log "   client: $(printf '%s' "$out" | jq -c '{sent,recv,mismatch_at,error}')"
+	log "   upstream: read $(printf '%s' "$rep" | jq .read), echoed $(printf '%s' "$rep" | jq .sent), then RST; sluice: $(closes '.result=="upstream_error"' | jq -c '{result,detail,bytes_in,bytes_out}')"
+	# the same through the splice datapath
+	out=$(client --connect 198.18.0.1:5011 --send 64M --half-close --seed 26 --timeout 60 || true)
+	expect_json "$out" '.error != null and .recv < .sent and .mismatch_at == null' "plain TCP: closed, correct prefix"
+	wait_closes 2 '.result=="upstream_error"'
+	log "   tcp: $(closes '.result=="upstream_error" and .listener=="faultytcp"' | jq -c '{detail,bytes_in,bytes_out}')"
+	wait $bg; sha_ok "$(cat $WORK/bg.json)" "concurrent alice transfer through a healthy upstream"
+	wait_fds $SLUICE_PID $((fd0 + 4))   # + a cached pipe per worker (splice listener)
+	log "   sluice fds: $fd0 before, $(fd_count $SLUICE_PID) after"
+	kill $FAULT_PID
+	sluice_stop
+}
+
+t_25_upstream_half_closes() {
+	# The upstream sends 1 MiB and shuts its write side at once, while the
+	# client is still uploading 64 MiB: the client gets exactly those bytes
+	# and then EOF (close_notify), and all of its 64 MiB still reach the
+	# upstream; both directions compared by SHA-256, TLS and plain TCP.
+	faulty_config $WORK/c.yaml 198.18.1.2:9100
+	fault_up 1 9100 halfclose --after $((1024 * 1024))
+	sluice_start $WORK/c.yaml 5010
+	local out rep n=0 port
+	for port in 5010 5011; do
+		n=$((n + 1))
+		if [ $port = 5010 ]; then
+			out=$(client --connect 198.18.0.1:$port $(tlsas alice) --send $BULK --expect 1M --half-close --seed 25 --timeout 120)
+		else
+			out=$(client --connect 198.18.0.1:$port --send $BULK --expect 1M --half-close --seed 25 --timeout 120)
+		fi
+		rep=$(fault_report 9100 $n)
+		expect_json "$out" '.error == null and .recv == 1048576 and .eof == true and .sent == '$BULK "client on $port: 1 MiB then EOF, its upload complete"
+		[ $port = 5011 ] || expect_json "$out" '.close_notify == true' "TLS: the upstream's FIN became close_notify"
+		[ "$(printf '%s' "$out" | jq -r .recv_sha256)" = "$(printf '%s' "$rep" | jq -r .sent_sha256)" ] \
+			|| { log "bytes received differ from what the upstream sent: $out / $rep"; return 1; }
+		[ "$(printf '%s' "$out" | jq -r .sent_sha256)" = "$(printf '%s' "$rep" | jq -r .read_sha256)" ] && \
+			expect_json "$rep" '.read == '$BULK' and .end == "eof"' "upstream got every byte" \
+			|| { log "bytes the upstream read differ from what the client sent: $out / $rep"; return 1; }
+		log "   $port: client got $(printf '%s' "$out" | jq .recv) B + EOF while sending; upstream read $(printf '%s' "$rep" | jq .read) B, sha256 equal both ways"
+	done
+	wait_closes 2 '.result=="ok" and (.listener|startswith("faulty"))'
+	closes '.listener|startswith("faulty")' | jq -s -e 'map(select(.bytes_in == '$BULK' and .bytes_out == 1048576)) | length == 2' >/dev/null
+	kill $FAULT_PID
+	sluice_stop
+}
+
+t_26_upstream_slow_reader() {
+	# The upstream reads 8 MiB/s with a 64 KiB receive buffer; the client
+	# uploads 32 MiB.  Backpressure reaches the client through sluice:
+	# sluice's RSS does not grow with the bytes held back, it does not spin,
+	# every byte arrives (sha256 at the upstream), and another client is
+	# served at full speed meanwhile.
+	faulty_config $WORK/c.yaml 198.18.1.2:9100
+	fault_up 1 9100 slow --rate $((8 * 1024 * 1024)) --rcvbuf 65536
+	no_quarantine; sluice_start $WORK/c.yaml 5010
+	warm_up 5000
+	local rss0 rssmax ticks0 ticks1 t0 ms out rep r i
+	rss0=$(rss_kib $SLUICE_PID); rssmax=$rss0
+	ticks0=$(cpu_ticks $SLUICE_PID); t0=$(date +%s%N)
+	client --connect 198.18.0.1:5010 $(tlsas alice) --send 32M --expect 0 --half-close --seed 26 --timeout 60 >$WORK/slow.json &
+	local slow=$!
+	sleep 1
+	out=$(client --connect 198.18.0.1:5000 $(tlsas alice) --send $((BULK / 4)) --half-close --seed 27)
+	sha_ok "$out" "another client during the slow upload"
+	for i in $(seq 300); do
+		kill -0 $slow 2>/dev/null || break
+		r=$(rss_kib $SLUICE_PID); [ $r -gt $rssmax ] && rssmax=$r
+		sleep 0.1
+	done
+	wait $slow
+	ms=$(( ($(date +%s%N) - t0) / 1000000 )); ticks1=$(cpu_ticks $SLUICE_PID)
+	out=$(cat $WORK/slow.json); rep=$(fault_report 9100 1)
+	expect_json "$out" '.error == null and .sent == 33554432 and .recv == 0' "slow upload complete"
+	expect_json "$rep" '.read == 33554432 and .end == "eof"' "the slow upstream read it all"
+	[ "$(printf '%s' "$out" | jq -r .sent_sha256)" = "$(printf '%s' "$rep" | jq -r .read_sha256)" ] || { log "sha256 differs"; return 1; }
+	log "   32 MiB into an 8 MiB/s reader: $ms ms, sluice RSS $rss0 -> max $rssmax KiB (+$((rssmax - rss0))), CPU $((ticks1 - ticks0)) ticks"
+	[ $ms -ge 3000 ] || { log "finished in $ms ms: the upstream cannot have been the bottleneck"; return 1; }
+	[ $((rssmax - rss0)) -lt 4096 ] || { log "sluice RSS grew by $((rssmax - rss0)) KiB"; return 1; }
+	[ $(( (ticks1 - ticks0) * 10 )) -lt $(( ms / 2 )) ] || { log "sluice used more than half a core while throttled"; return 1; }
+	kill $FAULT_PID
+	sluice_stop
+}
+
+t_27_many_slow_readers_memory_bounded() {
+	# 200 TLS clients stop reading while three upstreams push N bytes each
+	# at them.  sluice's RSS stays bounded (a few pages per connection, no
+	# growth while they are stalled: the bytes wait in kernel socket
+	# queues); then they read again and every byte arrives in order.
+	local n=$((4 * 1024 * 1024)) pause=5 i p pids=() rss0 rss1 rss2 fd0 q out
+	[ -z "${SLUICE_SANITIZER:-}" ] || n=$((1024 * 1024))
+	faulty_config $WORK/c.yaml 198.18.1.2:9200 198.18.2.2:9200 198.18.3.2:9200
+	for i in 1 2 3; do
+		nsenter --net=/run/netns/${NSU[$((i-1))]} "$TOOLS/echo" --listen "198.18.$i.2:9200" --source $n --seed 27 >/dev/null 2>&1 &
+		pids+=($!); PIDS+=($!)
+		wait_port ${NSU[$((i-1))]} 9200
+	done
+	no_quarantine; sluice_start $WORK/c.yaml 5010
+	warm_up 5000
+	rss0=$(rss_kib $SLUICE_PID); fd0=$(fd_count $SLUICE_PID)
+	client --connect 198.18.0.1:5010 $(tlsas alice) --expect $n --check-stream --seed 27 --pause-read $pause \
+		--count 200 --parallel 200 --timeout 120 >$WORK/many.json &
+	local many=$!
+	# wait for the 200 pairs, then let the queues fill
+	for i in $(seq 100); do [ "$(fd_count $SLUICE_PID)" -ge $((fd0 + 400)) ] && break; sleep 0.1; done
+	[ "$(fd_count $SLUICE_PID)" -ge $((fd0 + 400)) ] || { log "only $(fd_count $SLUICE_PID) fds: the 200 pairs did not form"; return 1; }
+	sleep 1.5; rss1=$(rss_kib $SLUICE_PID)
+	out=$(client --connect 198.18.0.1:5000 $(tlsas alice) --send $((BULK / 4)) --half-close --seed 28)
+	sha_ok "$out" "another client while 200 are stalled"
+	sleep 0.5; rss2=$(rss_kib $SLUICE_PID)
+	q=$(inp ss -Htn | awk '{r += $2; s += $3} END {printf "%d %d", r / 1048576, s / 1048576}')
+	wait $many
+	out=$(cat $WORK/many.json)
+	expect_json "$out" '.ok == 200 and .failed == 0 and .recv == '$((200 * n)) "200 stalled clients, then every byte in order"
+	log "   200 stalled readers x $((n / 1048576)) MiB: sluice RSS $rss0 KiB idle, $rss1 and $rss2 KiB stalled (+$(( (rss2 - rss0) / 200 )) KiB per connection); kernel queues in the proxy netns: recv $(echo $q | cut -d' ' -f1) MiB, send $(echo $q | cut -d' ' -f2) MiB"
+	log "   then all 200 read: $(printf '%s' "$out" | jq -c '{ok,failed,recv,ms}')"
+	[ $((rss2 - rss0)) -lt $((200 * 256)) ] || { log "more than 256 KiB per stalled connection"; return 1; }
+	[ $((rss2 - rss1)) -lt 4096 ] || { log "RSS still growing while stalled: $rss1 -> $rss2 KiB"; return 1; }
+	wait_fds $SLUICE_PID $fd0
+	for p in "${pids[@]}"; do kill $p; done
 	sluice_stop
 }
