@@ -26,7 +26,7 @@ DEB_PKGS := build-essential clang pkg-config libssl-dev openssl libcyaml-dev \
             libyaml-dev libcmocka-dev iproute2 procps jq valgrind socat \
             libclang-rt-14-dev strace libbpf-dev bpftool libelf-dev zlib1g-dev
 
-.PHONY: all deps test unit net net-asan net-tsan valgrind demo clean sanitizers fuzz bench vm vm-measure bpf-test vm-bpf
+.PHONY: all deps test unit net net-asan net-tsan valgrind demo clean sanitizers fuzz bench vm vm-measure bpf-test vm-bpf soak
 
 all: $(BUILD)/sluice $(TOOLS)
 
@@ -115,6 +115,13 @@ valgrind: $(UNITS)
 	@set -e; for t in $(UNITS); do echo "== valgrind $$t"; \
 	  valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite $$t; done
 
+SOAK_SECONDS ?= 600
+# Churn of good, refused and garbage clients through one sluice for
+# SOAK_SECONDS, then: no byte mismatch, RSS and fds back to the baseline,
+# counters back to zero (tests/soak/run.sh prints the figures).
+soak: all
+	tests/soak/run.sh $(BUILD)/sluice $(SOAK_SECONDS)
+
 FUZZ_SECONDS ?= 60
 # libFuzzer targets (clang, ASan+UBSan): replays tests/fuzz/regressions/, then
 # fuzzes each target for FUZZ_SECONDS; any finding fails.
@@ -129,6 +136,7 @@ test: deps
 	$(MAKE) net
 	$(MAKE) net-asan
 	$(MAKE) net-tsan
+	$(MAKE) soak SOAK_SECONDS=120
 	$(MAKE) vm
 	$(MAKE) vm-bpf
 	$(MAKE) fuzz FUZZ_SECONDS=30
