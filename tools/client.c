@@ -160,6 +160,7 @@ struct conn {
 	SSL *ssl;
 	uint64_t t_start, t_end, hold_until;
 	uint64_t read_from;         /* --pause-read: no reads before this time */
+	bool read_paused;           /* a read was skipped for --pause-read: wake at read_from */
 	bool reset_sent;            /* --reset-after: the RST went out */
 	bool connected;
 	const char *handshake;      /* NULL (not reached), "none", "ok", "failed" */
@@ -615,7 +616,9 @@ static void conn_step(struct conn *c)
 		 * poll does not spin on the pending input) */
 		if (!c->eof && now < c->read_from) {
 			c->rd_ev = 0;
+			c->read_paused = true;
 		} else if (!c->eof) {
+			c->read_paused = false;
 			size_t got = 0;
 			enum io r = io_read(c, &got);
 			if (r == IO_OK) {
@@ -1172,6 +1175,7 @@ int main(int argc, char **argv)
 		uint64_t now = tk_now_ms();
 		uint64_t wake = deadline;
 		nfds_t n = 0;
+		bool freed = false;
 		for (size_t i = 0; i < slots; i++) {
 			struct conn *c = live[i];
 			if (!c)
@@ -1202,12 +1206,16 @@ int main(int argc, char **argv)
 				conn_free(c);
 				live[i] = NULL;
 				finished++;
+				freed = true;
 				continue;
 			}
 			if (c->st == ST_RUN && now < c->hold_until && c->hold_until < wake)
 				wake = c->hold_until;
-			if (c->st == ST_RUN && now < c->read_from && c->read_from < wake)
-				wake = c->read_from;
+			/* Not "now < read_from": the pause may have ended between the
+			 * step that skipped the read and this check, and with nothing
+			 * else to poll for, the wait would last until the deadline. */
+			if (c->st == ST_RUN && c->read_paused && c->read_from < wake)
+				wake = c->read_from > now ? c->read_from : now;
 			if (c->busy)
 				wake = now;
 			pfd[n].fd = c->fd;
@@ -1217,8 +1225,8 @@ int main(int argc, char **argv)
 		}
 		if (finished >= o.count)
 			break;
-		if (n == 0)
-			continue;   /* all slots free: start more */
+		if (n == 0 || (freed && started < o.count))
+			continue;   /* a slot is free: start more before waiting */
 		int ms = wake > now ? (int)(wake - now) : 0;
 		int r = poll(pfd, n, ms);
 		if (r < 0 && errno != EINTR) {
