@@ -97,7 +97,7 @@ net-asan: all $(BUILD)/asan/sluice
 	SLUICE_SANITIZER=asan tests/net/run.sh $(BUILD)/asan/sluice
 
 net-tsan: all $(BUILD)/tsan/sluice
-	SLUICE_SANITIZER=tsan tests/net/run.sh $(BUILD)/tsan/sluice
+	SLUICE_SANITIZER=tsan SLUICE_NET_BPF=off tests/net/run.sh $(BUILD)/tsan/sluice
 
 # The kTLS proof: Debian's 6.1 kernel (tls module) under qemu TCG runs
 # tests/vm/ktls.sh against this build (tests/vm/run.sh fetches and caches

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 
 #include "balance.h"
+#include "bpf.h"
 #include "log.h"
 
 static unsigned server_weight(const struct sluice_pool *p, unsigned i);
@@ -34,6 +35,8 @@ int sluice_pool_init(struct sluice_pool *p, const struct sluice_upstream_cfg *cf
 
 	p->cfg = cfg;
 	p->active = NULL;
+	p->bpf = NULL;
+	p->bpf_pool = 0;
 	atomic_init(&p->rr, 0);
 	if (cfg->n_servers == 0 || cfg->n_servers > SLUICE_MAX_SERVERS) {
 		errno = EINVAL;
@@ -45,6 +48,12 @@ int sluice_pool_init(struct sluice_pool *p, const struct sluice_upstream_cfg *cf
 	for (i = 0; i < cfg->n_servers; i++)
 		atomic_init(&p->active[i], 0);
 	return 0;
+}
+
+void sluice_pool_use_bpf(struct sluice_pool *p, const struct sluice_bpf *bpf, unsigned index)
+{
+	p->bpf = bpf;
+	p->bpf_pool = index;
 }
 
 void sluice_pool_destroy(struct sluice_pool *p)
@@ -72,7 +81,7 @@ int sluice_pool_pick(struct sluice_pool *p, uint64_t tried_mask)
 
 		if (tried_mask & (UINT64_C(1) << i))
 			continue;
-		a = atomic_load_explicit(&p->active[i], memory_order_relaxed);
+		a = sluice_pool_active(p, i);
 		w = server_weight(p, i);
 		if (best < 0 || a * best_weight < best_active * w) {
 			best = (int)i;
@@ -80,7 +89,7 @@ int sluice_pool_pick(struct sluice_pool *p, uint64_t tried_mask)
 			best_weight = w;
 		}
 	}
-	if (best >= 0)
+	if (best >= 0 && p->bpf == NULL)
 		atomic_fetch_add_explicit(&p->active[best], 1, memory_order_relaxed);
 	return best;
 }
@@ -93,7 +102,7 @@ void sluice_pool_release(struct sluice_pool *p, unsigned server)
 	_Atomic uint32_t *c;
 	uint32_t cur;
 
-	if (p->active == NULL || server >= p->cfg->n_servers)
+	if (p->active == NULL || server >= p->cfg->n_servers || p->bpf != NULL)
 		return;
 	c = &p->active[server];
 	cur = atomic_load_explicit(c, memory_order_relaxed);
@@ -112,5 +121,7 @@ uint32_t sluice_pool_active(const struct sluice_pool *p, unsigned server)
 {
 	if (p->active == NULL || server >= p->cfg->n_servers)
 		return 0;
+	if (p->bpf != NULL)
+		return sluice_bpf_upstream_active(p->bpf, p->bpf_pool, server);
 	return atomic_load_explicit(&p->active[server], memory_order_relaxed);
 }

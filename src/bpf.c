@@ -632,6 +632,11 @@ const char *sluice_bpf_cgroup_path(const struct sluice_bpf *b)
 	return b->cgroup;
 }
 
+const char *sluice_bpf_pin_path(const struct sluice_bpf *b)
+{
+	return b->pin_path;
+}
+
 /* ---- upstream counters ------------------------------------------------------ */
 
 uint32_t sluice_bpf_upstream_active(const struct sluice_bpf *b, unsigned pool, unsigned server)

@@ -116,5 +116,6 @@ int sluice_bpf_addr_from_sockaddr(const struct sockaddr *sa, struct sluice_bpf_a
 int sluice_bpf_cgroup_dir(const char *proc_cgroup, const char *mountinfo, char *out, size_t outlen);
 /* The cgroup this process runs in and the pins it owns, for tests. */
 const char *sluice_bpf_cgroup_path(const struct sluice_bpf *b);
+const char *sluice_bpf_pin_path(const struct sluice_bpf *b);
 
 #endif

@@ -44,6 +44,7 @@
 #define MAX_WORKERS    256
 #define MAX_WEIGHT     1000
 #define MAX_VERIFY_DEPTH 32
+#define MAX_DIR_LEN    256   /* bpf.pin_path, bpf.cgroup: room for file names below */
 
 /* ---- raw form, as libcyaml loads it (every scalar a string, NULL = absent) */
 
@@ -96,6 +97,12 @@ struct raw_tls {
 	char *ktls;
 };
 
+struct raw_bpf {
+	char *mode;
+	char *pin_path;
+	char *cgroup;
+};
+
 struct raw_log {
 	char *level;
 	char *format;
@@ -106,6 +113,7 @@ struct raw_config {
 	struct raw_log *log;
 	char *drain;
 	struct raw_tls *tls;
+	struct raw_bpf *bpf;
 	struct raw_listener *listeners;
 	unsigned listeners_count;
 	struct raw_upstream *upstreams;
@@ -196,6 +204,13 @@ static const cyaml_schema_field_t tls_fields[] = {
 	CYAML_FIELD_END
 };
 
+static const cyaml_schema_field_t bpf_fields[] = {
+	STR("mode", OPT, struct raw_bpf, mode),
+	STR("pin_path", OPT, struct raw_bpf, pin_path),
+	STR("cgroup", OPT, struct raw_bpf, cgroup),
+	CYAML_FIELD_END
+};
+
 static const cyaml_schema_field_t log_fields[] = {
 	STR("level", OPT, struct raw_log, level),
 	STR("format", OPT, struct raw_log, format),
@@ -207,6 +222,7 @@ static const cyaml_schema_field_t top_fields[] = {
 	CYAML_FIELD_MAPPING_PTR("log", OPT, struct raw_config, log, log_fields),
 	STR("drain", OPT, struct raw_config, drain),
 	CYAML_FIELD_MAPPING_PTR("tls", OPT, struct raw_config, tls, tls_fields),
+	CYAML_FIELD_MAPPING_PTR("bpf", OPT, struct raw_config, bpf, bpf_fields),
 	CYAML_FIELD_SEQUENCE("listeners", CYAML_FLAG_POINTER, struct raw_config, listeners,
 	                     &listener_entry, 0, CYAML_UNLIMITED),
 	CYAML_FIELD_SEQUENCE("upstreams", CYAML_FLAG_POINTER, struct raw_config, upstreams,
@@ -1295,6 +1311,45 @@ static int check_tls(struct load_ctx *c, const struct raw_config *r, struct slui
 	return 0;
 }
 
+static const char *const bpf_mode_names[] = { "auto", "off", "require", NULL };
+
+/* An absolute directory path sluice will create or write under; relative
+ * paths would depend on the working directory of whoever starts it. */
+static int get_abs_dir(struct load_ctx *c, const char *path, const char *s, char **out)
+{
+	if (s == NULL)
+		return 0;
+	if (s[0] != '/' || strlen(s) >= MAX_DIR_LEN) {
+		fail_path(c, path, AT_VALUE, "expected an absolute path shorter than %d bytes, got \"%s\"",
+		          MAX_DIR_LEN, s);
+		return -1;
+	}
+	*out = strdup(s);
+	if (*out == NULL) {
+		fail_path(c, path, AT_VALUE, "out of memory");
+		return -1;
+	}
+	return 0;
+}
+
+static int check_bpf(struct load_ctx *c, const struct raw_config *r, struct sluice_config *cfg)
+{
+	const struct raw_bpf *b = r->bpf;
+	int e;
+
+	cfg->bpf.mode = SLUICE_BPF_AUTO;
+	if (b == NULL)
+		return 0;
+	if (get_choice(c, "bpf.mode", "mode", b->mode, bpf_mode_names, "use auto, off or require",
+	               SLUICE_BPF_AUTO, &e) < 0)
+		return -1;
+	cfg->bpf.mode = (enum sluice_bpf_mode)e;
+	if (get_abs_dir(c, "bpf.pin_path", b->pin_path, &cfg->bpf.pin_path) < 0 ||
+	    get_abs_dir(c, "bpf.cgroup", b->cgroup, &cfg->bpf.cgroup) < 0)
+		return -1;
+	return 0;
+}
+
 /* ---- public entry points */
 
 static int read_file(struct load_ctx *c, const char *path, unsigned char **data, size_t *len)
@@ -1367,7 +1422,7 @@ static int load_data(const char *path, const unsigned char *data, size_t len,
 	/* Upstreams before listeners and clients: those refer to pools by name. */
 	if (check_top(&c, raw, cfg) < 0 || check_upstreams(&c, raw, cfg) < 0 ||
 	    check_listeners(&c, raw, cfg) < 0 || check_clients(&c, raw, cfg) < 0 ||
-	    check_tls(&c, raw, cfg) < 0)
+	    check_tls(&c, raw, cfg) < 0 || check_bpf(&c, raw, cfg) < 0)
 		goto cleanup;
 
 	*out = cfg;
@@ -1438,6 +1493,8 @@ void sluice_config_free(struct sluice_config *cfg)
 	free(cfg->tls.cert);
 	free(cfg->tls.key);
 	free(cfg->tls.crl);
+	free(cfg->bpf.pin_path);
+	free(cfg->bpf.cgroup);
 	free(cfg->path);
 	free(cfg);
 }

@@ -21,6 +21,17 @@ enum sluice_balance { SLUICE_BALANCE_LEAST_CONN };
  * refuse connections where it does not engage both ways. */
 enum sluice_ktls_mode { SLUICE_KTLS_AUTO, SLUICE_KTLS_OFF, SLUICE_KTLS_REQUIRE };
 
+/* bpf.mode: auto = kernel-kept counters where BPF loads (else atomics, with
+ * one warning saying why); off = atomics; require = refuse to start
+ * without BPF. */
+enum sluice_bpf_mode { SLUICE_BPF_AUTO, SLUICE_BPF_OFF, SLUICE_BPF_REQUIRE };
+
+struct sluice_bpf_cfg {
+	enum sluice_bpf_mode mode;  /* default auto */
+	char *pin_path;             /* NULL = /sys/fs/bpf/sluice */
+	char *cgroup;               /* NULL = a child of the cgroup sluice runs in */
+};
+
 /* How a clients[] entry names who it applies to. */
 enum sluice_id_kind {
 	SLUICE_ID_ANY,  /* "*": any verified client (mtls) or any source (tcp) */
@@ -93,6 +104,7 @@ struct sluice_config {
 	enum sluice_log_format log_format;
 	uint64_t drain_ms;          /* default 30 s */
 	struct sluice_tls_cfg tls;
+	struct sluice_bpf_cfg bpf;
 	struct sluice_listener_cfg *listeners;
 	unsigned n_listeners;
 	struct sluice_upstream_cfg *upstreams;

@@ -23,6 +23,7 @@
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
+#include "bpf.h"
 #include "common.h"
 #include "log.h"
 #include "proxy.h"
@@ -220,6 +221,21 @@ static void conn_log(struct sluice_conn *c)
 	sluice_logline_emit(&l);
 }
 
+/* The per-datapath totals operators read with bpftool.  One syscall per
+ * connection; a failure only costs the statistics, so it is not logged
+ * per connection. */
+static void conn_account(const struct sluice_conn *c)
+{
+	static const unsigned dp[] = {
+		[SLUICE_DP_NONE] = SLUICE_BPF_DP_NONE,
+		[SLUICE_DP_SPLICE] = SLUICE_BPF_DP_SPLICE,
+		[SLUICE_DP_KTLS] = SLUICE_BPF_DP_KTLS,
+		[SLUICE_DP_USERSPACE] = SLUICE_BPF_DP_USERSPACE,
+	};
+
+	(void)sluice_bpf_account(c->w->proxy->bpf, dp[c->datapath], c->c2u.bytes, c->u2c.bytes);
+}
+
 void sluice_conn_close(struct sluice_conn *c, const char *result, const char *detail)
 {
 	struct sluice_worker *w = c->w;
@@ -232,6 +248,8 @@ void sluice_conn_close(struct sluice_conn *c, const char *result, const char *de
 			sluice_conn_detail(c, "%s", detail);
 	}
 	conn_log(c);
+	if (w->proxy->bpf)
+		conn_account(c);
 
 	sluice_timer_cancel(w->loop, &c->timer);
 	sluice_relay_release(c);
@@ -310,11 +328,16 @@ static int conn_admit(struct sluice_conn *c)
 		         cl->id, cfg->upstreams[pool].name);
 		return -1;
 	}
-	lr = sluice_limits_acquire(c->w->proxy->limits, (unsigned)idx, cl, c->id_name, sluice_now_ms(),
-	                           &c->limit_ref);
+	lr = sluice_limits_acquire(c->w->proxy->limits, (unsigned)idx, cl, c->id_name,
+	                           c->client.io.fd, sluice_now_ms(), &c->limit_ref);
 	if (lr == SLUICE_LIMIT_MAX_CONNS) {
 		c->result = "max_conns";
 		sluice_conn_detail(c, "max_conns %u reached", cl->max_conns);
+		return -1;
+	}
+	if (lr == SLUICE_LIMIT_ERROR) {
+		c->result = "internal";
+		sluice_conn_detail(c, "cannot count the connection in the kernel: %s", strerror(errno));
 		return -1;
 	}
 	if (lr == SLUICE_LIMIT_RATE) {

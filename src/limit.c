@@ -21,6 +21,7 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "bpf.h"
 #include "limit.h"
 
 #define TABLE_MIN_BUCKETS 64
@@ -30,7 +31,9 @@ struct sluice_limit_ref {
 	struct sluice_limit_ref *next;  /* hash chain */
 	uint64_t hash;
 	unsigned client_idx;
-	uint32_t active;
+	uint32_t active;                /* connections holding this ref */
+	bool has_slot;                  /* BPF: bpf_slot is this entry's counter */
+	uint32_t bpf_slot;
 	struct sluice_bucket bucket;
 	char name[];
 };
@@ -43,6 +46,7 @@ struct sluice_limits {
 	size_t sweep_cursor;
 	uint64_t now_ms;                /* latest clock seen; release has none */
 	uint64_t key[2];                /* SipHash key */
+	struct sluice_bpf *bpf;         /* kernel-kept max_conns counts, or NULL */
 };
 
 static uint64_t siphash24(const uint64_t key[2], const void *data, size_t len);
@@ -51,7 +55,7 @@ static uint64_t entry_hash(const struct sluice_limits *l, unsigned client_idx, c
 static struct sluice_limit_ref *entry_find(struct sluice_limits *l, uint64_t h,
                                            unsigned client_idx, const char *name);
 static void entry_unlink(struct sluice_limits *l, struct sluice_limit_ref *e);
-static bool entry_idle(const struct sluice_limits *l, const struct sluice_limit_ref *e);
+static bool entry_idle(struct sluice_limits *l, struct sluice_limit_ref *e);
 static void table_grow(struct sluice_limits *l);
 static void table_sweep(struct sluice_limits *l, size_t chains);
 
@@ -189,9 +193,20 @@ static void entry_unlink(struct sluice_limits *l, struct sluice_limit_ref *e)
 	}
 }
 
-static bool entry_idle(const struct sluice_limits *l, const struct sluice_limit_ref *e)
+/* true when the entry carries no state and may be freed.  With BPF its
+ * kernel slot must also be back at 0 active: a closed connection reaches
+ * TCP_CLOSE a round trip after sluice let go of it, and until then the
+ * slot is kept (the sweep comes back for it). */
+static bool entry_idle(struct sluice_limits *l, struct sluice_limit_ref *e)
 {
-	return e->active == 0 && sluice_bucket_full(&e->bucket, l->now_ms);
+	if (e->active != 0 || !sluice_bucket_full(&e->bucket, l->now_ms))
+		return false;
+	if (e->has_slot) {
+		if (sluice_bpf_client_put(l->bpf, e->bpf_slot) == SLUICE_AGAIN)
+			return false;
+		e->has_slot = false;
+	}
+	return true;
 }
 
 /* Doubles the bucket array at load factor 1.  Failure to allocate is not an
@@ -260,6 +275,11 @@ err:
 	return NULL;
 }
 
+void sluice_limits_use_bpf(struct sluice_limits *l, struct sluice_bpf *bpf)
+{
+	l->bpf = bpf;
+}
+
 void sluice_limits_free(struct sluice_limits *l)
 {
 	size_t i;
@@ -283,9 +303,12 @@ void sluice_limits_free(struct sluice_limits *l)
  * be counted must not bypass the limit. */
 enum sluice_limit_result sluice_limits_acquire(struct sluice_limits *l, unsigned client_idx,
                                                const struct sluice_client_cfg *c, const char *name,
-                                               uint64_t now_ms, struct sluice_limit_ref **ref)
+                                               int fd, uint64_t now_ms, struct sluice_limit_ref **ref)
 {
 	enum sluice_limit_result rc = SLUICE_LIMIT_OK;
+	bool tag = false;
+	uint32_t slot = 0;
+	int r, err;
 	uint32_t burst = c->conn_burst != 0 ? c->conn_burst : c->conn_rate;
 	uint64_t h = entry_hash(l, client_idx, name);
 	struct sluice_limit_ref *e;
@@ -312,6 +335,8 @@ enum sluice_limit_result sluice_limits_acquire(struct sluice_limits *l, unsigned
 		e->hash = h;
 		e->client_idx = client_idx;
 		e->active = 0;
+		e->has_slot = false;
+		e->bpf_slot = 0;
 		sluice_bucket_init(&e->bucket, c->conn_rate, burst, now_ms);
 		memcpy(e->name, name, len + 1);
 		e->next = l->buckets[h & (l->n_buckets - 1)];
@@ -331,7 +356,21 @@ enum sluice_limit_result sluice_limits_acquire(struct sluice_limits *l, unsigned
 
 	if (!sluice_bucket_take(&e->bucket, now_ms))
 		rc = SLUICE_LIMIT_RATE;
-	else if (c->max_conns != 0 && e->active >= c->max_conns)
+	else if (l->bpf != NULL) {
+		/* The kernel counts and decides max_conns (tag below); the
+		 * table only keeps the bucket and the slot.  Every slot held
+		 * fails closed, like a full table. */
+		if (!e->has_slot) {
+			if (sluice_bpf_client_get(l->bpf, client_idx, name, &e->bpf_slot) < 0) {
+				rc = SLUICE_LIMIT_MAX_CONNS;
+				goto out;
+			}
+			e->has_slot = true;
+		}
+		e->active++;    /* holds e (and its slot) while unlocked */
+		slot = e->bpf_slot;
+		tag = true;
+	} else if (c->max_conns != 0 && e->active >= c->max_conns)
 		rc = SLUICE_LIMIT_MAX_CONNS;
 	else if (e->active == UINT32_MAX)
 		rc = SLUICE_LIMIT_MAX_CONNS;    /* the counter cannot count it */
@@ -341,7 +380,24 @@ enum sluice_limit_result sluice_limits_acquire(struct sluice_limits *l, unsigned
 	}
 out:
 	pthread_mutex_unlock(&l->lock);
-	return rc;
+	if (!tag)
+		return rc;
+	/* A syscall: made outside the lock the other workers need. */
+	r = sluice_bpf_client_tag(l->bpf, fd, slot, c->max_conns);
+	if (r == SLUICE_OK) {
+		*ref = e;
+		return SLUICE_LIMIT_OK;
+	}
+	err = errno;
+	pthread_mutex_lock(&l->lock);
+	e->active--;
+	if (entry_idle(l, e))
+		entry_unlink(l, e);
+	pthread_mutex_unlock(&l->lock);
+	if (r == SLUICE_DECLINED)
+		return SLUICE_LIMIT_MAX_CONNS;
+	errno = err;
+	return SLUICE_LIMIT_ERROR;
 }
 
 /* A second release of the same ref is a caller bug; the active==0 guard
@@ -366,7 +422,10 @@ uint32_t sluice_limits_active(struct sluice_limits *l, unsigned client_idx, cons
 
 	pthread_mutex_lock(&l->lock);
 	e = entry_find(l, h, client_idx, name);
-	n = e != NULL ? e->active : 0;
+	if (e != NULL && e->has_slot)
+		n = sluice_bpf_client_active(l->bpf, e->bpf_slot);
+	else
+		n = e != NULL ? e->active : 0;
 	pthread_mutex_unlock(&l->lock);
 	return n;
 }

@@ -27,9 +27,15 @@ bool sluice_bucket_take(struct sluice_bucket *b, uint64_t now_ms);
 bool sluice_bucket_full(const struct sluice_bucket *b, uint64_t now_ms);
 
 struct sluice_limits;
+struct sluice_bpf;
 struct sluice_limit_ref;    /* one per admitted connection; released exactly once */
 
-enum sluice_limit_result { SLUICE_LIMIT_OK, SLUICE_LIMIT_MAX_CONNS, SLUICE_LIMIT_RATE };
+/* ERROR: the kernel could not count the connection (errno: EEXIST the
+ * client socket is already closed, EAGAIN heavy contention, or the bpf()
+ * error); the connection is refused, as an uncounted one would bypass the
+ * limit. */
+enum sluice_limit_result { SLUICE_LIMIT_OK, SLUICE_LIMIT_MAX_CONNS, SLUICE_LIMIT_RATE,
+                           SLUICE_LIMIT_ERROR };
 
 /* Past this many (client, name) entries a new name is refused with
  * SLUICE_LIMIT_MAX_CONNS rather than grow the table: about 100 MB with
@@ -39,6 +45,10 @@ enum sluice_limit_result { SLUICE_LIMIT_OK, SLUICE_LIMIT_MAX_CONNS, SLUICE_LIMIT
 /* NULL on failure (errno set). */
 struct sluice_limits *sluice_limits_new(void);
 void sluice_limits_free(struct sluice_limits *l);
+/* From now on max_conns is counted by the kernel (bpf.h): acquire tags the
+ * client socket fd on the entry's slot, and the kernel counts its close
+ * whenever and however it dies.  Call before the first acquire. */
+void sluice_limits_use_bpf(struct sluice_limits *l, struct sluice_bpf *bpf);
 
 /* Checks the rate first, then max_conns: an attempt refused by the rate
  * costs nothing; an attempt that got a token and is then refused by
@@ -47,9 +57,10 @@ void sluice_limits_free(struct sluice_limits *l);
  * sluice_limits_release() exactly once. */
 enum sluice_limit_result sluice_limits_acquire(struct sluice_limits *l, unsigned client_idx,
                                                const struct sluice_client_cfg *c, const char *name,
-                                               uint64_t now_ms, struct sluice_limit_ref **ref);
+                                               int fd, uint64_t now_ms, struct sluice_limit_ref **ref);
 void sluice_limits_release(struct sluice_limits *l, struct sluice_limit_ref *ref);
-/* Active connections of (client_idx, name), for tests and metrics. */
+/* Active connections of (client_idx, name), for tests and metrics (with
+ * BPF: the kernel's count). */
 uint32_t sluice_limits_active(struct sluice_limits *l, unsigned client_idx, const char *name);
 /* Entries held (idle ones not yet reclaimed included), for tests and metrics. */
 size_t sluice_limits_count(struct sluice_limits *l);

@@ -22,6 +22,7 @@
 #include <sluice/sluice.h>
 
 #include "common.h"
+#include "bpf.h"
 #include "log.h"
 #include "proxy.h"
 #include "tls.h"
@@ -356,6 +357,8 @@ void sluice_proxy_destroy(struct sluice_proxy *p)
 		free(p->pools);
 	}
 	sluice_limits_free(p->limits);
+	/* Last: the limits above give their slots back to it. */
+	sluice_bpf_close(p->bpf);
 	SSL_CTX_free(p->ssl_ctx);
 	sluice_config_free(p->cfg);
 	free(p);
@@ -411,6 +414,22 @@ int sluice_proxy_create(const char *config_path, struct sluice_proxy **out, char
 			goto fail;
 		}
 	}
+	/* Before any socket exists: sockets belong to the cgroup of the
+	 * process that made them, and the sockops program watches sluice's. */
+	if (cfg->bpf.mode != SLUICE_BPF_OFF) {
+		char why[sizeof(p->bpf_why)];
+
+		if (sluice_bpf_open(cfg, cfg->bpf.pin_path, cfg->bpf.cgroup, &p->bpf, why, sizeof(why)) == 0) {
+			sluice_limits_use_bpf(p->limits, p->bpf);
+			for (i = 0; i < cfg->n_upstreams; i++)
+				sluice_pool_use_bpf(&p->pools[i], p->bpf, i);
+		} else if (cfg->bpf.mode == SLUICE_BPF_REQUIRE) {
+			snprintf(err, errlen, "bpf.mode is require but BPF is unavailable: %s", why);
+			goto fail;
+		} else {
+			snprintf(p->bpf_why, sizeof(p->bpf_why), "%s", why);
+		}
+	}
 	{
 		struct rlimit rl;
 
@@ -464,7 +483,16 @@ static void log_startup(const struct sluice_proxy *p)
 	else if (p->ssl_ctx)
 		sluice_log(SLUICE_LOG_WARN, "ktls", "kTLS unavailable: %s; TLS records in userspace",
 		           p->ktls_why);
-	sluice_log(SLUICE_LOG_INFO, "bpf", "BPF not used yet: connection counters in atomics");
+	if (p->bpf)
+		sluice_log(SLUICE_LOG_INFO, "bpf",
+		           "BPF counters on: upstream and client connections counted by the kernel in "
+		           "cgroup %s, maps pinned under %s",
+		           sluice_bpf_cgroup_path(p->bpf), sluice_bpf_pin_path(p->bpf));
+	else if (cfg->bpf.mode == SLUICE_BPF_OFF)
+		sluice_log(SLUICE_LOG_INFO, "bpf", "BPF off by configuration: connection counters in atomics");
+	else
+		sluice_log(SLUICE_LOG_WARN, "bpf", "BPF unavailable: %s; connection counters in atomics",
+		           p->bpf_why);
 }
 
 int sluice_proxy_run(struct sluice_proxy *p)

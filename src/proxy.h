@@ -29,6 +29,8 @@ struct sluice_proxy {
 	char ktls_why[160];            /* why not, when configured but unavailable */
 	struct sluice_pool *pools;     /* one per cfg->upstreams[] */
 	struct sluice_limits *limits;
+	struct sluice_bpf *bpf;        /* kernel-kept counters, NULL = atomics */
+	char bpf_why[256];             /* why not, when bpf.mode is auto */
 	struct sluice_worker *workers;
 	unsigned n_workers;
 	int fd_limit;                  /* RLIMIT_NOFILE at start, 0 if unlimited */

@@ -9,9 +9,21 @@ SLUICE=${1:-build/sluice}; shift || true
 SLUICE=$(readlink -f "$SLUICE")
 TOOLS=$ROOT/build/tools
 [ "$(id -u)" = 0 ] || { echo "tests/net: needs root (network namespaces)"; exit 1; }
+# BPF counters: SLUICE_NET_BPF=require (default: every case runs on the
+# kernel's counters, and sluice refuses to start without them) or off (the
+# atomics).  A private mount namespace gets its own bpffs, so pins of
+# concurrent runs and of the host never meet.
+SLUICE_NET_BPF=${SLUICE_NET_BPF:-require}
+if [ "$SLUICE_NET_BPF" != off ] && [ -z "${SLUICE_NET_MNTNS:-}" ]; then
+	exec env SLUICE_NET_MNTNS=1 unshare --mount --propagation private "$0" "$SLUICE" "$@"
+fi
+if [ -n "${SLUICE_NET_MNTNS:-}" ]; then
+	mount -t bpf bpf /sys/fs/bpf || { echo "tests/net: cannot mount bpffs"; exit 1; }
+fi
 [ -x "$SLUICE" ] && [ -x "$TOOLS/echo" ] && [ -x "$TOOLS/client" ] || { echo "build first: make"; exit 1; }
 
 WORK=$(mktemp -d /tmp/sluice-net.XXXXXX)
+BPF_PIN=/sys/fs/bpf/sluice
 CERTS=$WORK/certs
 . tests/net/lib.sh
 
@@ -40,6 +52,7 @@ workers: ${WORKERS:-2}
 log: { level: info, format: json }
 drain: ${DRAIN:-30s}
 tls: { ca: $CERTS/ca.pem, cert: $CERTS/server.pem, key: $CERTS/server.key, crl: $CERTS/crl.pem }
+bpf: { mode: ${BPF_MODE:-$SLUICE_NET_BPF}, pin_path: $BPF_PIN }
 listeners:
   - name: web
     listen: "198.18.0.1:5000"
@@ -111,6 +124,7 @@ run_test() {
 }
 
 . tests/net/cases.sh
+[ "$SLUICE_NET_BPF" = off ] || . tests/net/bpf.sh
 . tests/net/faults.sh
 
 TESTS=("$@")

@@ -142,18 +142,18 @@ static void test_max_conns_across_refs(void **state)
 	(void)state;
 	assert_non_null(l);
 	for (i = 0; i < 3; i++) {
-		assert_int_equal(sluice_limits_acquire(l, 0, &c, "CN=alice", 0, &refs[i]), SLUICE_LIMIT_OK);
+		assert_int_equal(sluice_limits_acquire(l, 0, &c, "CN=alice", -1, 0, &refs[i]), SLUICE_LIMIT_OK);
 		assert_non_null(refs[i]);
 	}
 	assert_int_equal(sluice_limits_active(l, 0, "CN=alice"), 3);
-	assert_int_equal(sluice_limits_acquire(l, 0, &c, "CN=alice", 0, &refs[3]), SLUICE_LIMIT_MAX_CONNS);
+	assert_int_equal(sluice_limits_acquire(l, 0, &c, "CN=alice", -1, 0, &refs[3]), SLUICE_LIMIT_MAX_CONNS);
 	assert_null(refs[3]);
 	assert_int_equal(sluice_limits_active(l, 0, "CN=alice"), 3);
 
 	sluice_limits_release(l, refs[1]);
 	assert_int_equal(sluice_limits_active(l, 0, "CN=alice"), 2);
-	assert_int_equal(sluice_limits_acquire(l, 0, &c, "CN=alice", 0, &refs[1]), SLUICE_LIMIT_OK);
-	assert_int_equal(sluice_limits_acquire(l, 0, &c, "CN=alice", 0, &refs[3]), SLUICE_LIMIT_MAX_CONNS);
+	assert_int_equal(sluice_limits_acquire(l, 0, &c, "CN=alice", -1, 0, &refs[1]), SLUICE_LIMIT_OK);
+	assert_int_equal(sluice_limits_acquire(l, 0, &c, "CN=alice", -1, 0, &refs[3]), SLUICE_LIMIT_MAX_CONNS);
 
 	for (i = 0; i < 3; i++)
 		sluice_limits_release(l, refs[i]);
@@ -169,15 +169,15 @@ static void test_rate_checked_before_max_conns(void **state)
 	struct sluice_limit_ref *held, *r;
 
 	(void)state;
-	assert_int_equal(sluice_limits_acquire(l, 0, &c, "n", 0, &held), SLUICE_LIMIT_OK);
+	assert_int_equal(sluice_limits_acquire(l, 0, &c, "n", -1, 0, &held), SLUICE_LIMIT_OK);
 	/* Token spent, then refused by max_conns: the attempt still counts. */
-	assert_int_equal(sluice_limits_acquire(l, 0, &c, "n", 0, &r), SLUICE_LIMIT_MAX_CONNS);
-	assert_int_equal(sluice_limits_acquire(l, 0, &c, "n", 0, &r), SLUICE_LIMIT_MAX_CONNS);
-	assert_int_equal(sluice_limits_acquire(l, 0, &c, "n", 0, &r), SLUICE_LIMIT_RATE);
+	assert_int_equal(sluice_limits_acquire(l, 0, &c, "n", -1, 0, &r), SLUICE_LIMIT_MAX_CONNS);
+	assert_int_equal(sluice_limits_acquire(l, 0, &c, "n", -1, 0, &r), SLUICE_LIMIT_MAX_CONNS);
+	assert_int_equal(sluice_limits_acquire(l, 0, &c, "n", -1, 0, &r), SLUICE_LIMIT_RATE);
 	assert_null(r);
 	sluice_limits_release(l, held);
-	assert_int_equal(sluice_limits_acquire(l, 0, &c, "n", 999, &r), SLUICE_LIMIT_RATE);
-	assert_int_equal(sluice_limits_acquire(l, 0, &c, "n", 1000, &r), SLUICE_LIMIT_OK);
+	assert_int_equal(sluice_limits_acquire(l, 0, &c, "n", -1, 999, &r), SLUICE_LIMIT_RATE);
+	assert_int_equal(sluice_limits_acquire(l, 0, &c, "n", -1, 1000, &r), SLUICE_LIMIT_OK);
 	sluice_limits_release(l, r);
 	sluice_limits_free(l);
 }
@@ -189,11 +189,11 @@ static void test_names_and_clients_independent(void **state)
 	struct sluice_limit_ref *a, *b, *a1, *r;
 
 	(void)state;
-	assert_int_equal(sluice_limits_acquire(l, 0, &c, "CN=alice", 0, &a), SLUICE_LIMIT_OK);
-	assert_int_equal(sluice_limits_acquire(l, 0, &c, "CN=bob", 0, &b), SLUICE_LIMIT_OK);
+	assert_int_equal(sluice_limits_acquire(l, 0, &c, "CN=alice", -1, 0, &a), SLUICE_LIMIT_OK);
+	assert_int_equal(sluice_limits_acquire(l, 0, &c, "CN=bob", -1, 0, &b), SLUICE_LIMIT_OK);
 	/* Same name under another clients[] entry is another key. */
-	assert_int_equal(sluice_limits_acquire(l, 1, &c, "CN=alice", 0, &a1), SLUICE_LIMIT_OK);
-	assert_int_equal(sluice_limits_acquire(l, 0, &c, "CN=alice", 0, &r), SLUICE_LIMIT_RATE);
+	assert_int_equal(sluice_limits_acquire(l, 1, &c, "CN=alice", -1, 0, &a1), SLUICE_LIMIT_OK);
+	assert_int_equal(sluice_limits_acquire(l, 0, &c, "CN=alice", -1, 0, &r), SLUICE_LIMIT_RATE);
 	assert_int_equal(sluice_limits_active(l, 0, "CN=alice"), 1);
 	assert_int_equal(sluice_limits_active(l, 0, "CN=bob"), 1);
 	assert_int_equal(sluice_limits_active(l, 1, "CN=alice"), 1);
@@ -218,19 +218,19 @@ static void test_idle_entries_reclaimed(void **state)
 	/* No rate: gone at release. */
 	for (i = 0; i < 10000; i++) {
 		snprintf(name, sizeof(name), "IP=10.0.%d.%d", i / 256, i % 256);
-		assert_int_equal(sluice_limits_acquire(l, 0, &unlimited, name, 0, &r), SLUICE_LIMIT_OK);
+		assert_int_equal(sluice_limits_acquire(l, 0, &unlimited, name, -1, 0, &r), SLUICE_LIMIT_OK);
 		sluice_limits_release(l, r);
 	}
 	assert_int_equal(sluice_limits_count(l), 0);
 
 	/* A held connection keeps its entry. */
-	assert_int_equal(sluice_limits_acquire(l, 0, &unlimited, "held", 0, &keep), SLUICE_LIMIT_OK);
+	assert_int_equal(sluice_limits_acquire(l, 0, &unlimited, "held", -1, 0, &keep), SLUICE_LIMIT_OK);
 
 	/* Rated: the bucket is short a token at release, so the entry stays
 	 * until its bucket refills and a later sweep finds it. */
 	for (i = 0; i < 10000; i++) {
 		snprintf(name, sizeof(name), "IP=10.1.%d.%d", i / 256, i % 256);
-		assert_int_equal(sluice_limits_acquire(l, 0, &rated, name, 1000, &r), SLUICE_LIMIT_OK);
+		assert_int_equal(sluice_limits_acquire(l, 0, &rated, name, -1, 1000, &r), SLUICE_LIMIT_OK);
 		sluice_limits_release(l, r);
 	}
 	assert_int_equal(sluice_limits_count(l), 10001);
@@ -238,15 +238,15 @@ static void test_idle_entries_reclaimed(void **state)
 	 * sweep, and the table shrinks back instead of growing. */
 	for (i = 0; i < 20000; i++) {
 		snprintf(name, sizeof(name), "IP=10.2.%d.%d", i / 256, i % 256);
-		assert_int_equal(sluice_limits_acquire(l, 0, &unlimited, name, 1100, &r), SLUICE_LIMIT_OK);
+		assert_int_equal(sluice_limits_acquire(l, 0, &unlimited, name, -1, 1100, &r), SLUICE_LIMIT_OK);
 		sluice_limits_release(l, r);
 	}
 	assert_int_equal(sluice_limits_count(l), 1);
 	assert_int_equal(sluice_limits_active(l, 0, "held"), 1);
 
 	/* A release that leaves a full bucket frees at once, time permitting. */
-	assert_int_equal(sluice_limits_acquire(l, 0, &rated, "late", 1100, &r), SLUICE_LIMIT_OK);
-	assert_int_equal(sluice_limits_acquire(l, 0, &unlimited, "tick", 1200, &keep), SLUICE_LIMIT_OK);
+	assert_int_equal(sluice_limits_acquire(l, 0, &rated, "late", -1, 1100, &r), SLUICE_LIMIT_OK);
+	assert_int_equal(sluice_limits_acquire(l, 0, &unlimited, "tick", -1, 1200, &keep), SLUICE_LIMIT_OK);
 	assert_int_equal(sluice_limits_count(l), 3);
 	sluice_limits_release(l, r);        /* the table has seen t=1200: full */
 	assert_int_equal(sluice_limits_count(l), 2);
@@ -284,14 +284,14 @@ static void *stress_worker(void *p)
 		struct sluice_limit_ref *r;
 
 		/* A shared name contended by every thread... */
-		if (sluice_limits_acquire(s->l, 0, &s->shared, "shared", now, &r) == SLUICE_LIMIT_OK) {
+		if (sluice_limits_acquire(s->l, 0, &s->shared, "shared", -1, now, &r) == SLUICE_LIMIT_OK) {
 			if (sluice_limits_active(s->l, 0, "shared") > STRESS_MAX)
 				atomic_store(&s->over_limit, 1);
 			held[n++] = r;
 		}
 		/* ...and names of its own, coming and going. */
 		snprintf(name, sizeof(name), "t%d-%d", a->id, i % 50);
-		if (sluice_limits_acquire(s->l, 1, &s->own, name, now, &r) == SLUICE_LIMIT_OK)
+		if (sluice_limits_acquire(s->l, 1, &s->own, name, -1, now, &r) == SLUICE_LIMIT_OK)
 			held[n++] = r;
 		if (n >= 6 || (i & 3) == 0)
 			while (n > 0)
