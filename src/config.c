@@ -44,6 +44,8 @@
 #define MAX_WORKERS    256
 #define MAX_WEIGHT     1000
 #define MAX_VERIFY_DEPTH 32
+#define DEFAULT_TICKET_LIFETIME_MS (5 * 60 * 1000ULL)   /* as nginx's ssl_session_timeout */
+#define MAX_TICKET_LIFETIME_MS (7 * 24 * 3600 * 1000ULL)
 #define MAX_DIR_LEN    256   /* bpf.pin_path, bpf.cgroup: room for file names below */
 
 /* ---- raw form, as libcyaml loads it (every scalar a string, NULL = absent) */
@@ -95,6 +97,8 @@ struct raw_tls {
 	char *crl;
 	char *verify_depth;
 	char *ktls;
+	char *tickets;
+	char *ticket_lifetime;
 };
 
 struct raw_bpf {
@@ -201,6 +205,8 @@ static const cyaml_schema_field_t tls_fields[] = {
 	STR("crl", OPT, struct raw_tls, crl),
 	STR("verify_depth", OPT, struct raw_tls, verify_depth),
 	STR("ktls", OPT, struct raw_tls, ktls),
+	STR("tickets", OPT, struct raw_tls, tickets),
+	STR("ticket_lifetime", OPT, struct raw_tls, ticket_lifetime),
 	CYAML_FIELD_END
 };
 
@@ -923,6 +929,7 @@ static const char *const format_names[] = { "json", "text", NULL };
 static const char *const mode_names[] = { "mtls", "tcp", NULL };
 static const char *const balance_names[] = { "least_conn", NULL };
 static const char *const ktls_names[] = { "auto", "off", "require", NULL };
+static const char *const onoff_names[] = { "on", "off", NULL };
 
 static int check_top(struct load_ctx *c, const struct raw_config *r, struct sluice_config *cfg)
 {
@@ -1288,6 +1295,8 @@ static int check_tls(struct load_ctx *c, const struct raw_config *r, struct slui
 	}
 	cfg->tls.verify_depth = 4;
 	cfg->tls.ktls = SLUICE_KTLS_AUTO;
+	cfg->tls.tickets = true;
+	cfg->tls.ticket_lifetime_ms = DEFAULT_TICKET_LIFETIME_MS;
 	if (t == NULL)
 		return 0;
 
@@ -1308,6 +1317,19 @@ static int check_tls(struct load_ctx *c, const struct raw_config *r, struct slui
 	               SLUICE_KTLS_AUTO, &e) < 0)
 		return -1;
 	cfg->tls.ktls = (enum sluice_ktls_mode)e;
+	if (get_choice(c, "tls.tickets", "tickets", t->tickets, onoff_names, "use on or off", 0, &e) < 0)
+		return -1;
+	cfg->tls.tickets = e == 0;
+	if (get_duration(c, "tls.ticket_lifetime", t->ticket_lifetime, DEFAULT_TICKET_LIFETIME_MS,
+	                 &cfg->tls.ticket_lifetime_ms) < 0)
+		return -1;
+	/* OpenSSL keeps the lifetime in whole seconds, and TLS 1.3 caps a
+	 * ticket's lifetime at 7 days (RFC 8446 4.6.1). */
+	if (cfg->tls.ticket_lifetime_ms < 1000 || cfg->tls.ticket_lifetime_ms > MAX_TICKET_LIFETIME_MS) {
+		fail_path(c, "tls.ticket_lifetime", AT_VALUE, "must be between 1s and 7d, got \"%s\"",
+		          t->ticket_lifetime);
+		return -1;
+	}
 	return 0;
 }
 

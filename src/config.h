@@ -95,6 +95,8 @@ struct sluice_tls_cfg {
 	char *crl;                  /* optional */
 	unsigned verify_depth;      /* default 4 */
 	enum sluice_ktls_mode ktls; /* default auto */
+	bool tickets;               /* session resumption by tickets, default on */
+	uint64_t ticket_lifetime_ms; /* default 5 min */
 };
 
 struct sluice_config {

@@ -210,6 +210,7 @@ static void conn_log(struct sluice_conn *c)
 	if (c->tls_version) {
 		sluice_logline_str(&l, "tls_version", c->tls_version);
 		sluice_logline_str(&l, "cipher", c->cipher);
+		sluice_logline_bool(&l, "resumed", c->resumed);
 		sluice_logline_bool(&l, "ktls_tx", c->client.ktls_tx);
 		sluice_logline_bool(&l, "ktls_rx", c->client.ktls_rx);
 		if (c->ktls_why)
@@ -336,6 +337,14 @@ static int conn_admit(struct sluice_conn *c)
 		return -1;
 	}
 	if (lr == SLUICE_LIMIT_ERROR) {
+		if (errno == EEXIST) {
+			/* The kernel saw this socket close before it could be
+			 * counted (bpf/sluice.bpf.c, sock_closed): a client that
+			 * reset during its handshake, not our failure. */
+			c->result = "client_error";
+			sluice_conn_detail(c, "client closed during the handshake");
+			return -1;
+		}
 		c->result = "internal";
 		sluice_conn_detail(c, "cannot count the connection in the kernel: %s", strerror(errno));
 		return -1;
@@ -348,6 +357,66 @@ static int conn_admit(struct sluice_conn *c)
 	}
 	c->admitted = true;
 	return 0;
+}
+
+/* Forgets an admission decided from a session ticket (and what it held),
+ * so the full handshake that follows decides afresh from the certificate
+ * the client presents. */
+static void conn_unadmit(struct sluice_conn *c)
+{
+	if (c->limit_ref) {
+		sluice_limits_release(c->w->proxy->limits, c->limit_ref);
+		c->limit_ref = NULL;
+	}
+	sluice_identity_clear(&c->id);
+	free(c->id_name);
+	free(c->detail);
+	c->id_name = c->detail = NULL;
+	c->id_read = c->admitted = c->ticket_admitted = false;
+	c->client_idx = -1;
+	c->result = NULL;
+}
+
+/* OpenSSL has decrypted a session ticket.  The verify callback does not run
+ * for a resumed session, so admission runs here, on the certificate the
+ * ticket carries: still within its validity period, not revoked by the CRL
+ * loaded now, then identity -> authorization -> limits as for a full
+ * handshake.  Anything short of admitted ignores the ticket instead of
+ * failing: the client then does a full handshake, whose chain verification
+ * and admission give the precise reason (an expired or revoked certificate,
+ * an unauthorized identity, max_conns) and the alert.  A refused resumption
+ * that was counted against conn_rate is counted again by the full
+ * handshake: both were attempts. */
+SSL_TICKET_RETURN sluice_conn_ticket_cb(SSL *ssl, SSL_SESSION *sess, const unsigned char *keyname,
+                                        size_t keyname_len, SSL_TICKET_STATUS status, void *arg)
+{
+	struct sluice_conn *c = SSL_get_app_data(ssl);
+	X509 *peer;
+
+	(void)keyname;
+	(void)keyname_len;
+	(void)arg;
+	if (status == SSL_TICKET_FATAL_ERR_MALLOC || status == SSL_TICKET_FATAL_ERR_OTHER)
+		return SSL_TICKET_RETURN_ABORT;
+	if (status != SSL_TICKET_SUCCESS && status != SSL_TICKET_SUCCESS_RENEW)
+		return SSL_TICKET_RETURN_IGNORE_RENEW;   /* empty, or not ours: full handshake */
+	if (c && c->ticket_admitted)   /* the same ticket again, after a HelloRetryRequest */
+		return status == SSL_TICKET_SUCCESS_RENEW ? SSL_TICKET_RETURN_USE_RENEW : SSL_TICKET_RETURN_USE;
+	peer = sess ? SSL_SESSION_get0_peer(sess) : NULL;
+	if (!c || !peer || c->admitted || !sluice_tls_cert_current(peer) ||
+	    sluice_tls_revoked(SSL_get_SSL_CTX(ssl), peer))
+		return SSL_TICKET_RETURN_IGNORE_RENEW;
+	if (sluice_identity_from_cert(&c->id, peer) < 0) {
+		conn_unadmit(c);
+		return SSL_TICKET_RETURN_IGNORE_RENEW;
+	}
+	c->id_read = true;
+	if (conn_admit(c) < 0) {
+		conn_unadmit(c);
+		return SSL_TICKET_RETURN_IGNORE_RENEW;
+	}
+	c->ticket_admitted = true;
+	return status == SSL_TICKET_SUCCESS_RENEW ? SSL_TICKET_RETURN_USE_RENEW : SSL_TICKET_RETURN_USE;
 }
 
 /* Runs inside SSL_accept for each certificate of the client's chain.  At the
@@ -363,6 +432,11 @@ int sluice_conn_verify_cb(int preverify_ok, X509_STORE_CTX *ctx)
 	if (!c)
 		return 0;
 	depth = X509_STORE_CTX_get_error_depth(ctx);
+	/* A ticket was accepted, yet OpenSSL went on to a full handshake (the
+	 * ticket's suite did not fit): judge the certificate presented now,
+	 * not the one in the ticket. */
+	if (depth == 0 && c->ticket_admitted)
+		conn_unadmit(c);
 	/* Read the leaf's names even when it fails verification, so the log
 	 * line says who was refused (a revoked CN=mallory, not just "revoked").
 	 * They are only used for admission once the chain verified. */
@@ -376,6 +450,15 @@ int sluice_conn_verify_cb(int preverify_ok, X509_STORE_CTX *ctx)
 		(void)conn_set_id_name(c, NULL);
 	}
 	if (!preverify_ok) {
+		/* Failed above the leaf (a chain too long): still say who. */
+		if (!c->id_read) {
+			X509 *leaf = X509_STORE_CTX_get0_cert(ctx);
+
+			if (leaf && sluice_identity_from_cert(&c->id, leaf) == 0) {
+				c->id_read = true;
+				(void)conn_set_id_name(c, NULL);
+			}
+		}
 		if (!c->detail)
 			sluice_conn_detail(c, "%s",
 			         X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx)));
@@ -452,12 +535,13 @@ static void conn_handshake(struct sluice_conn *c)
 	ERR_clear_error();
 	r = SSL_accept(c->client.ssl);
 	if (r == 1) {
+		/* Admitted by the verify callback (full handshake) or by the
+		 * ticket callback (resumed); this guards the invariant. */
 		if (!c->admitted) {
-			/* Every handshake is full (no resumption), so the verify
-			 * callback has run; this guards the invariant anyway. */
 			sluice_conn_close(c, "unauthorized", "handshake completed without admission");
 			return;
 		}
+		c->resumed = SSL_session_reused(c->client.ssl) == 1;
 		if (conn_ktls_engage(c) < 0)
 			return;
 		/* OpenSSL keeps its handshake read/write buffers (~33 KiB)

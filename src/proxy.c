@@ -383,7 +383,8 @@ int sluice_proxy_create(const char *config_path, struct sluice_proxy **out, char
 	if (config_has_mtls(cfg)) {
 		char why[160];
 
-		p->ssl_ctx = sluice_tls_server_ctx(&cfg->tls, sluice_conn_verify_cb, err, errlen);
+		p->ssl_ctx = sluice_tls_server_ctx(&cfg->tls, sluice_conn_verify_cb, sluice_conn_ticket_cb,
+		                                   err, errlen);
 		if (!p->ssl_ctx)
 			goto fail;
 		if (cfg->tls.ktls != SLUICE_KTLS_OFF) {

@@ -199,6 +199,18 @@ static int flow_shutdown_dst(struct sluice_conn *c, struct sluice_flow *f)
 
 			if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ)
 				return SLUICE_AGAIN;
+			/* The client said goodbye first (its close_notify is in) and
+			 * is gone: our close_notify has no one to reach, and every
+			 * byte owed to the client went out before it.  A clean end,
+			 * not a failure.  (A client that closes with our session
+			 * ticket unread in its socket makes its kernel answer with
+			 * a reset, so the write fails.) */
+			if (e == SSL_ERROR_ZERO_RETURN) {
+				ERR_clear_error();
+				f->dst->tls_broken = true;  /* nothing more goes out */
+				f->dst_shut = true;
+				return SLUICE_DONE;
+			}
 			return flow_fail_tls(c, f->dst, "close_notify", r);
 		}
 		/* r == 0: our close_notify is out, the client's may follow; the

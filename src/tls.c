@@ -36,7 +36,7 @@ static int load_crl(SSL_CTX *ctx, const char *path, char *err, size_t errlen)
 }
 
 SSL_CTX *sluice_tls_server_ctx(const struct sluice_tls_cfg *cfg, SSL_verify_cb verify_cb,
-                               char *err, size_t errlen)
+                               SSL_CTX_decrypt_session_ticket_fn ticket_cb, char *err, size_t errlen)
 {
 	static const unsigned char sid_ctx[] = "sluice";
 	STACK_OF(X509_NAME) *cas;
@@ -59,12 +59,24 @@ SSL_CTX *sluice_tls_server_ctx(const struct sluice_tls_cfg *cfg, SSL_verify_cb v
 	 * Server cipher preference so our AEAD order (AES-GCM first, which the
 	 * kernel offloads) wins. */
 	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE |
-	                         SSL_OP_NO_COMPRESSION | SSL_OP_NO_TICKET);
-	/* No resumption yet: every connection does a full handshake, so the
-	 * verify callback (which authorizes and applies limits) always runs. */
+	                         SSL_OP_NO_COMPRESSION);
+	/* Resumption by stateless tickets only: no server-side cache to size,
+	 * share between workers or leak.  The verify callback (which admits)
+	 * does not run for a resumed session, so ticket_cb admits those from
+	 * the certificate inside the ticket; one ticket per handshake (TLS 1.3
+	 * sends two by default) halves the cost of making them.  The ticket
+	 * key is OpenSSL's, random per process: a restart invalidates tickets. */
 	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
-	SSL_CTX_set_num_tickets(ctx, 0);
 	SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof(sid_ctx) - 1);
+	if (cfg->tickets) {
+		SSL_CTX_set_num_tickets(ctx, 1);
+		SSL_CTX_set_timeout(ctx, (long)(cfg->ticket_lifetime_ms / 1000));
+		if (!SSL_CTX_set_session_ticket_cb(ctx, NULL, ticket_cb, NULL))
+			goto fail_ossl;
+	} else {
+		SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+		SSL_CTX_set_num_tickets(ctx, 0);
+	}
 	/* Partial writes let the relay hand SSL_write whatever it has; moving
 	 * buffer because a retried write may come from a refilled buffer. */
 	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
@@ -103,6 +115,38 @@ fail_ossl:
 fail:
 	SSL_CTX_free(ctx);
 	return NULL;
+}
+
+bool sluice_tls_revoked(SSL_CTX *ctx, X509 *cert)
+{
+	X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+	STACK_OF(X509_OBJECT) *objs;
+	bool revoked = false;
+	int i;
+
+	/* The CRLs were loaded into the store at start; the store's lock
+	 * because the stack belongs to every worker's verifications. */
+	if (!X509_STORE_lock(store))
+		return true;    /* cannot tell: fail closed (a full handshake decides) */
+	objs = X509_STORE_get0_objects(store);
+	for (i = 0; i < sk_X509_OBJECT_num(objs) && !revoked; i++) {
+		X509_OBJECT *o = sk_X509_OBJECT_value(objs, i);
+		X509_CRL *crl = X509_OBJECT_get0_X509_CRL(o);
+		X509_REVOKED *r;
+
+		if (X509_OBJECT_get_type(o) == X509_LU_CRL && crl &&
+		    X509_NAME_cmp(X509_CRL_get_issuer(crl), X509_get_issuer_name(cert)) == 0 &&
+		    X509_CRL_get0_by_cert(crl, &r, cert) == 1)
+			revoked = true;
+	}
+	X509_STORE_unlock(store);
+	return revoked;
+}
+
+bool sluice_tls_cert_current(X509 *cert)
+{
+	return X509_cmp_current_time(X509_get0_notBefore(cert)) < 0 &&
+	       X509_cmp_current_time(X509_get0_notAfter(cert)) > 0;
 }
 
 const char *sluice_tls_error_reason(SSL *ssl, int ret, char *buf, size_t len)

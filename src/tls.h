@@ -3,6 +3,7 @@
 #ifndef SLUICE_TLS_H
 #define SLUICE_TLS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <openssl/ssl.h>
 
@@ -10,10 +11,18 @@
 
 /* Builds the server context: TLS 1.2 minimum, renegotiation refused, client
  * certificate required and verified against tls.ca (with tls.crl when
- * given), verify_cb installed as the verify callback.  Returns NULL with a
- * reason in err. */
+ * given), verify_cb installed as the verify callback, and with tls.tickets
+ * ticket_cb deciding whether a decrypted ticket may resume.  Returns NULL
+ * with a reason in err. */
 SSL_CTX *sluice_tls_server_ctx(const struct sluice_tls_cfg *cfg, SSL_verify_cb verify_cb,
-                               char *err, size_t errlen);
+                               SSL_CTX_decrypt_session_ticket_fn ticket_cb, char *err, size_t errlen);
+
+/* For a certificate carried in a session ticket (its chain was verified
+ * when the ticket was made): is it on a CRL loaded from tls.crl now?  Is
+ * it inside its validity period now?  A lookup and two time compares, no
+ * signature checks. */
+bool sluice_tls_revoked(SSL_CTX *ctx, X509 *cert);
+bool sluice_tls_cert_current(X509 *cert);
 
 /* After a failed SSL_accept()/SSL_read()/SSL_write() that returned ret:
  * a short reason ("certificate has expired", "peer did not return a

@@ -9,6 +9,7 @@
  *          [--ktls-alert LEVEL:DESC]
  *          [--reset-after N] [--pause-read SECONDS]
  *          [--garbage N] [--count C --parallel P] [--timeout SECONDS]
+ *          [--session-in FILE] [--session-out FILE]
  *
  * Sends N bytes of the deterministic stream (tools/toolkit.h; the same one
  * echo --source makes) while reading concurrently (non-blocking socket, one
@@ -59,6 +60,11 @@
  *                  close_notify, no FIN; a client that vanishes mid-transfer.
  *                  Success = the reset went out with no error before it (the
  *                  bytes received until then are checked as usual)
+ *   --session-out F  after the exchange, save the TLS session (with the
+ *                  server's ticket) to F as PEM; no resumable session is an
+ *                  error.  --session-in F offers that session on every
+ *                  connection; "resumed" in the JSON says whether the server
+ *                  took it
  *   --pause-read S  do not read anything for S seconds after the handshake
  *                  (the socket is not even polled for input), then read on
  *                  as usual: a client that stops reading while the server
@@ -99,6 +105,7 @@
 
 #include <openssl/bio.h>
 #include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
@@ -115,6 +122,7 @@ static struct {
 	char host[INET6_ADDRSTRLEN];
 	bool tls;
 	const char *cert, *key, *ca, *servername, *cipher;
+	const char *session_in, *session_out; /* PEM SSL_SESSION files */
 	bool no_cert, no_verify_name;
 	int tls_version;            /* 0 = any of 1.2/1.3 */
 	uint64_t send, seed;
@@ -140,6 +148,7 @@ static struct {
         .ku_type = SSL_KEY_UPDATE_REQUESTED };
 
 static SSL_CTX *g_ctx;
+static SSL_SESSION *g_session_in;  /* --session-in, offered by every connection */
 static uint8_t g_rbuf[64 * 1024];   /* received bytes: hashed and dropped */
 
 /* ---- one connection ----------------------------------------------------- */
@@ -166,6 +175,7 @@ struct conn {
 	const char *handshake;      /* NULL (not reached), "none", "ok", "failed" */
 	const char *tls_version_s;  /* static strings from OpenSSL's tables */
 	const char *cipher_s;
+	bool resumed;               /* the handshake resumed --session-in's session */
 	/* sending */
 	uint64_t send_total, sent;
 	struct tk_prng send_prng;
@@ -398,6 +408,21 @@ static void info_cb(const SSL *ssl, int where, int ret)
 
 static void conn_finish(struct conn *c)
 {
+	if (c->ssl && o.session_out && c->handshake && strcmp(c->handshake, "ok") == 0) {
+		/* By now the TLS 1.3 ticket (sent after the handshake) has been
+		 * read along with the echo. */
+		SSL_SESSION *sess = SSL_get1_session(c->ssl);
+		FILE *f;
+
+		if (sess && SSL_SESSION_is_resumable(sess) && (f = fopen(o.session_out, "w"))) {
+			if (PEM_write_SSL_SESSION(f, sess) != 1)
+				set_error(c, "--session-out: cannot write %s", o.session_out);
+			fclose(f);
+		} else {
+			set_error(c, "--session-out: no resumable session (no ticket received?)");
+		}
+		SSL_SESSION_free(sess);
+	}
 	if (c->ssl) {
 		/* Polite close_notify when the exchange went well and none was sent
 		 * (never with --abort, nor after our own --ktls-alert). */
@@ -495,6 +520,10 @@ static bool tls_setup(struct conn *c)
 	}
 	SSL_set_app_data(c->ssl, c);
 	SSL_set_info_callback(c->ssl, info_cb);
+	if (g_session_in && SSL_set_session(c->ssl, g_session_in) != 1) {
+		set_error(c, "--session-in: SSL_set_session failed");
+		return false;
+	}
 	if (o.servername) {
 		unsigned char ipbuf[16];
 		bool is_ip = inet_pton(AF_INET, o.servername, ipbuf) == 1 ||
@@ -592,6 +621,7 @@ static void conn_step(struct conn *c)
 			return;
 		}
 		c->handshake = "ok";
+		c->resumed = SSL_session_reused(c->ssl) == 1;
 		c->tls_version_s = SSL_get_version(c->ssl);
 		c->cipher_s = SSL_get_cipher_name(c->ssl);
 		if (o.ktls_alert && BIO_get_ktls_send(SSL_get_wbio(c->ssl)) != 1) {
@@ -884,6 +914,7 @@ static void print_conn(const struct conn *c)
 	printf(",\"write_error\":");
 	json_str(stdout, c->write_error[0] ? c->write_error : NULL);
 	printf(",\"reset_sent\":%s", c->reset_sent ? "true" : "false");
+	printf(",\"resumed\":%s", !o.tls ? "null" : c->resumed ? "true" : "false");
 	printf(",\"ms\":%llu}\n", (unsigned long long)(c->t_end - c->t_start));
 }
 
@@ -902,6 +933,7 @@ static void usage(const char *why)
 	        "              [--key-update-at N [--key-update requested|not-requested]]\n"
 	        "              [--reset-after N] [--pause-read SECONDS]\n"
 	        "              [--count C] [--parallel P] [--timeout SECONDS]\n"
+	        "              [--session-in FILE] [--session-out FILE]\n"
 	        "  sizes take K/M/G suffixes (KiB/MiB/GiB)\n");
 	exit(2);
 }
@@ -941,6 +973,13 @@ static void make_ctx(void)
 	g_ctx = SSL_CTX_new(TLS_client_method());
 	if (!g_ctx)
 		die_ssl("SSL_CTX_new");
+	if (o.session_in) {
+		FILE *f = fopen(o.session_in, "r");
+
+		if (!f || !(g_session_in = PEM_read_SSL_SESSION(f, NULL, NULL, NULL)))
+			die_ssl("--session-in");
+		fclose(f);
+	}
 	int v = o.tls_version == 13 ? TLS1_3_VERSION : TLS1_2_VERSION;
 	if (SSL_CTX_set_min_proto_version(g_ctx, v) != 1)
 		die_ssl("min version");
@@ -976,7 +1015,7 @@ static void parse_args(int argc, char **argv)
 		O_CONNECT = 256, O_TLS, O_CERT, O_KEY, O_CA, O_SNI, O_NOVERIFY, O_VER, O_CIPHER,
 		O_NOCERT, O_SEND, O_SEED, O_EXPECT, O_EXPECT_ANY, O_EXPECT_SHA, O_HALF, O_HOLD,
 		O_GARBAGE, O_COUNT, O_PAR, O_TIMEOUT, O_HELP, O_ABORT, O_CHECK, O_EARLY, O_KU_AT,
-		O_KU, O_KTLS_ALERT, O_RESET_AFTER, O_PAUSE_READ,
+		O_KU, O_KTLS_ALERT, O_RESET_AFTER, O_PAUSE_READ, O_SESS_IN, O_SESS_OUT,
 	};
 	static const struct option opts[] = {
 		{ "connect", required_argument, NULL, O_CONNECT },
@@ -998,6 +1037,8 @@ static void parse_args(int argc, char **argv)
 		{ "hold", required_argument, NULL, O_HOLD },
 		{ "garbage", required_argument, NULL, O_GARBAGE },
 		{ "count", required_argument, NULL, O_COUNT },
+		{ "session-in", required_argument, NULL, O_SESS_IN },
+		{ "session-out", required_argument, NULL, O_SESS_OUT },
 		{ "parallel", required_argument, NULL, O_PAR },
 		{ "timeout", required_argument, NULL, O_TIMEOUT },
 		{ "help", no_argument, NULL, O_HELP },
@@ -1043,6 +1084,8 @@ static void parse_args(int argc, char **argv)
 		case O_PAR: o.parallel = parse_size(optarg, "--parallel"); break;
 		case O_TIMEOUT: o.timeout_ms = parse_seconds_ms(optarg, "--timeout"); break;
 		case O_ABORT: o.abort_close = true; break;
+		case O_SESS_IN: o.session_in = optarg; break;
+		case O_SESS_OUT: o.session_out = optarg; break;
 		case O_RESET_AFTER: o.reset_after = parse_size(optarg, "--reset-after"); o.reset_set = true; break;
 		case O_PAUSE_READ: o.pause_read_ms = parse_seconds_ms(optarg, "--pause-read"); break;
 		case O_CHECK: o.check_stream = true; break;

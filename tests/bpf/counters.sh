@@ -31,6 +31,17 @@ if [ "${SLUICE_BPF_TEST_INNER:-}" != 1 ]; then
 fi
 
 mount -t bpf bpf /sys/fs/bpf
+# A parent cgroup of our own: a sluice starting elsewhere on this machine
+# tidies up dead sluices' "sluice-<pid>" cgroups next to its own, and must
+# not take the one check 3 expects to find.
+CG2=$(awk '$9 == "cgroup2" {print $5; exit}' /proc/self/mountinfo)
+CGHOME=$CG2$(sed -n 's/^0:://p' /proc/self/cgroup)
+CGHOME=${CGHOME%/}
+CGTEST=$CGHOME/sluice-bpftest-$$
+mkdir "$CGTEST"
+echo $$ >"$CGTEST/cgroup.procs"
+cg_cleanup() { echo $$ >"$CGHOME/cgroup.procs" 2>/dev/null; rmdir "$CGTEST"/sluice-* "$CGTEST" 2>/dev/null || true; }
+trap cg_cleanup EXIT
 ip link set lo up
 PIN=/sys/fs/bpf/sluice-test
 pass=0 fail=0

@@ -368,3 +368,49 @@ t_19_slowloris_closed_at_handshake_deadline() {
 	log "   slowloris: $(closes '.result=="timeout_handshake"' | jq -c '{result,duration_ms}')"
 	sluice_stop
 }
+
+t_30_resumption_reruns_admission() {
+	# Session tickets (TLS 1.3 and 1.2): a resumed connection skips the
+	# certificate exchange, so admission runs on the certificate inside
+	# the ticket: identity -> authorization -> limits, validity and CRL.
+	# A ticket that does not pass falls back to a full handshake, which
+	# then refuses (or admits) with the usual reason.
+	ALICE_MAX=1 config $WORK/c.yaml; sluice_start $WORK/c.yaml 5000
+	local out v
+	for v in 1.3 1.2; do
+		out=$(client --connect 198.18.0.1:5000 $(tlsas alice) --tls-version $v --send 100000 --half-close --session-out $WORK/alice$v.pem)
+		sha_ok "$out" "alice TLS $v full handshake"
+		expect_json "$out" '.resumed == false' "first connection is a full handshake"
+		out=$(client --connect 198.18.0.1:5000 $(tlsas alice) --tls-version $v --send 1M --half-close --session-in $WORK/alice$v.pem)
+		sha_ok "$out" "alice TLS $v resumed"
+		expect_json "$out" '.resumed == true' "TLS $v: the ticket resumed"
+	done
+	wait_closes 4 '.identity=="CN=alice" and .result=="ok"'
+	expect_json "$(closes '.identity=="CN=alice"' | jq -s -c 'map(.resumed)')" '. == [false,true,false,true]' "log lines say resumed"
+	# max_conns 1 counts resumed connections too: one alice held, a
+	# resumption beside it is refused (the full handshake gives the alert).
+	client --connect 198.18.0.1:5000 $(tlsas alice) --send 10 --hold 3 --half-close >$WORK/held.json &
+	local held=$!
+	for i in $(seq 50); do [ "$(established $NSP 5000)" -ge 1 ] && break; sleep 0.1; done
+	sleep 0.3
+	out=$(client --connect 198.18.0.1:5000 $(tlsas alice) --send 10 --session-in $WORK/alice1.3.pem) || true
+	expect_json "$out" '.error != null' "a resumption past max_conns is refused"
+	wait_closes 1 '.result=="max_conns"'
+	wait $held; sha_ok "$(cat $WORK/held.json)" "the held connection"
+	# bob may reach web6 only: his web6 ticket must not get him into web.
+	out=$(client --connect "[2001:db8::1]:5001" $(tlsas bob) --servername 2001:db8::1 --send 1000 --half-close --session-out $WORK/bob.pem)
+	sha_ok "$out" "bob on web6"
+	out=$(client --connect 198.18.0.1:5000 $(tlsas bob) --send 10 --session-in $WORK/bob.pem) || true
+	expect_json "$out" '.error != null and .resumed != true' "bob's ticket does not open web"
+	wait_closes 1 '.identity=="CN=bob" and .result=="unauthorized"'
+	log "   $(closes '.result=="unauthorized"' | jq -c '{identity,result,detail}')"
+	# A client that closes right after its handshake leaves our ticket
+	# unread, so its kernel resets our close_notify: still a clean end.
+	local n0 i
+	n0=$(closes '.result=="ok"' | wc -l)
+	for i in $(seq 10); do
+		out=$(client --connect 198.18.0.1:5000 $(tlsas alice) --send 0); expect_json "$out" '.error == null' "empty exchange $i"
+	done
+	wait_closes $((n0 + 10)) '.result=="ok"'
+	sluice_stop
+}

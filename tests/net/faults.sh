@@ -116,16 +116,15 @@ t_20_client_reset_mid_transfer() {
 	log "   21 resets: $(closes '.result=="client_error"' | jq -r .detail | sort | uniq -c | tr -s ' \n' ' ')"
 	# Resets right after the handshake: the RST can reach sluice before it
 	# has checked the certificate (TLS 1.3: the client is done first).
-	# KNOWN BUG with the BPF counters: the kernel saw the socket close
-	# before it was counted, client_open says EEXIST, and sluice logs
-	# "internal" instead of a client error.  Allowed (and reported) here
-	# until src/conn.c maps it; see docs/robustness.md.
+	# With the BPF counters the kernel has then seen the socket close
+	# before it could be counted (client_open: EEXIST): that is the
+	# client's doing, logged client_error "client closed during the
+	# handshake" (it was "internal" until the soak found it).
 	out=$(client --connect 198.18.0.1:5000 $(tlsas alice) --send 100000 --reset-after 1 --seed 23 --count 40 --parallel 8 --timeout 60)
 	expect_json "$out" '.ok == 40 and .failed == 0' "40 resets right after the handshake"
-	wait_closes 61 '.result=="client_error" or .result=="tls_handshake" or (.result=="internal" and .detail=="cannot count the connection in the kernel: File exists")'
-	n=$(closes '.result=="internal"' | wc -l)
-	[ "$n" = 0 ] || log "   KNOWN BUG (bpf): $n of 40 immediate resets logged \"internal\" (cannot count the connection in the kernel: File exists), not client_error"
-	[ "$(closes '.result!="client_error" and .result!="ok" and .result!="internal" and .result!="tls_handshake"' | wc -l)" = 0 ]
+	wait_closes 61 '.result=="client_error" or .result=="tls_handshake"'
+	log "   40 early resets: $(closes '.result=="client_error"' | jq -r .detail | sort | uniq -c | tr -s ' \n' ' ')"
+	[ "$(closes '.result!="client_error" and .result!="ok" and .result!="tls_handshake"' | wc -l)" = 0 ]
 	wait $bg; sha_ok "$(cat $WORK/bg.json)" "concurrent alice transfer during the resets"
 	wait_closes 1 '.result=="ok" and .bytes_in > 1000000'
 	n=$(( $(established ${NSU[0]} 9000) + $(established ${NSU[1]} 9000) + $(established ${NSU[2]} 9000) ))

@@ -68,6 +68,8 @@ static void test_full_config(void **state)
 	assert_string_equal(cfg->tls.key, CONFIGS "files/server.key");
 	assert_string_equal(cfg->tls.crl, CONFIGS "files/crl.pem");
 	assert_int_equal(cfg->tls.verify_depth, 2);
+	assert_false(cfg->tls.tickets);
+	assert_int_equal(cfg->tls.ticket_lifetime_ms, 90000);
 	assert_int_equal(cfg->bpf.mode, SLUICE_BPF_REQUIRE);
 	assert_string_equal(cfg->bpf.pin_path, "/sys/fs/bpf/sluice-test");
 	assert_string_equal(cfg->bpf.cgroup, "/sys/fs/cgroup/unified/sluice-test");

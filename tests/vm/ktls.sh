@@ -28,16 +28,19 @@
 #   off       tls.ktls: off, the six bulk cases: datapath userspace,
 #             ktls_tx/ktls_rx false, byte-exact, tls_stat unchanged
 #   require   tls.ktls: require with the tls module loaded: starts, ktls
+#   resume    TLS 1.3 and 1.2: a full handshake saves the session ticket,
+#             then a resumed connection (16 MiB each way) is byte-exact,
+#             "resumed": true, and kTLS engaged both ways (tls_stat +1)
 #
 # Settings (a *.env FILE, e.g. printf 'BULK=16M\n' >/tmp/x/vm.env):
 #   BULK (64M)  OFF_BULK (16M: the userspace path is slow under TCG and is
 #   proven at 64 MiB by tests/net on the host)  PAR (200)  PAR_SEND (256K)
-#   CASES ("bulk closes parallel off require")  — which groups run
+#   CASES ("bulk closes parallel off require resume")  — which groups run
 #   TIMINGS: every transfer prints its duration; TCG speed means nothing
 #   for performance, it only sizes the budget.
 . /guest-lib.sh
 
-BULK=64M OFF_BULK=16M PAR=200 PAR_SEND=256K CASES="bulk closes parallel off require"
+BULK=64M OFF_BULK=16M PAR=200 PAR_SEND=256K CASES="bulk closes parallel off require resume"
 SLUICE= ECHO= CLIENT= JQ= CERTS=
 for f in "$@"; do
 	case "$f" in
@@ -221,6 +224,34 @@ bulk_all() {
 	done
 }
 
+# resume_one VERSION CIPHER: a ticket from a full handshake, then a resumed
+# bulk transfer on kTLS.  The ticket is written after the handshake (TLS
+# 1.3: a post-handshake message, under the kernel's send key).
+resume_one() {
+	local ver=$1 cipher=$2 out n0 before after d k label="resume $1 $2"
+	echo "== $label"
+	rm -f /tmp/sess.pem
+	n0=$(nclose)
+	run_client out $ALICE --tls-version "${ver#TLSv}" --cipher "$cipher" --send 1000 --half-close \
+		--session-out /tmp/sess.pem
+	jcheck "$label: full handshake, ticket saved" "$out" '.error == null and .resumed == false and .recv == 1000'
+	before=$(tls_stat)
+	run_client out $ALICE --tls-version "${ver#TLSv}" --cipher "$cipher" --send 16M --half-close \
+		--session-in /tmp/sess.pem --seed 77 --timeout 300
+	wait_closes $((n0 + 2)) 30
+	after=$(tls_stat)
+	last_close
+	sluice_alive "$label" || return
+	jcheck "$label: resumed, byte-exact" "$out" \
+		".error == null and .resumed == true and .recv == $(bytes 16M) and .recv_sha256 == .sent_sha256"
+	jcheck "$label: close line resumed on ktls" "$CL" \
+		'.result == "ok" and .resumed == true and .datapath == "ktls" and .ktls_tx == true and .ktls_rx == true'
+	for k in TlsTxSw TlsRxSw; do
+		d=$(delta "$before" "$after" $k)
+		check "$label: $k rose by >= 1 (got +$d)" [ "$d" -ge 1 ]
+	done
+}
+
 # close_case NAME RESULT DETAIL-REGEX CLIENT-ARGS...: one connection, then the
 # close line must carry RESULT and a detail matching DETAIL-REGEX ("" = none)
 close_case() {
@@ -334,11 +365,13 @@ echo_start || { fail "echo upstream" "did not listen"; summary; exit 1; }
 
 for group in $CASES; do
 	case $group in
-	bulk|closes|parallel)
+	bulk|closes|parallel|resume)
 		if sluice_start auto "auto-$group"; then
 			pass "sluice starts with tls.ktls: auto ($group)"
 			case $group in
 			bulk) bulk_all auto "$BULK" ;;
+			resume) resume_one TLSv1.3 TLS_AES_128_GCM_SHA256
+			        resume_one TLSv1.2 ECDHE-ECDSA-AES128-GCM-SHA256 ;;
 			closes) closes_all ;;
 			parallel) parallel_all ;;
 			esac
@@ -365,7 +398,7 @@ for group in $CASES; do
 			fail "sluice starts with tls.ktls: require (tls module loaded)" "see its log above"
 		fi
 		;;
-	*) fail "case group $group" "unknown (bulk closes parallel off require)" ;;
+	*) fail "case group $group" "unknown (bulk closes parallel off require resume)" ;;
 	esac
 	elapsed "$group done"
 done
