@@ -26,6 +26,7 @@
 
 #define TABLE_MIN_BUCKETS 64
 #define SWEEP_CHAINS      2     /* chains examined per acquire */
+#define TAG_RETRIES       8     /* client_open runs after an EAGAIN */
 
 struct sluice_limit_ref {
 	struct sluice_limit_ref *next;  /* hash chain */
@@ -308,7 +309,7 @@ enum sluice_limit_result sluice_limits_acquire(struct sluice_limits *l, unsigned
 	enum sluice_limit_result rc = SLUICE_LIMIT_OK;
 	bool tag = false;
 	uint32_t slot = 0;
-	int r, err;
+	int r, err, tries;
 	uint32_t burst = c->conn_burst != 0 ? c->conn_burst : c->conn_rate;
 	uint64_t h = entry_hash(l, client_idx, name);
 	struct sluice_limit_ref *e;
@@ -382,8 +383,17 @@ out:
 	pthread_mutex_unlock(&l->lock);
 	if (!tag)
 		return rc;
-	/* A syscall: made outside the lock the other workers need. */
-	r = sluice_bpf_client_tag(l->bpf, fd, slot, c->max_conns);
+	/* A syscall: made outside the lock the other workers need.  EAGAIN
+	 * is transient: the program's compare-and-swap lost its retries to
+	 * other CPUs, or the kernel was creating the socket's storage at the
+	 * same moment (a close racing the tag; seen once in ~3,500 soak
+	 * connections, and the retry then says EEXIST).  Try again a few
+	 * times before refusing. */
+	for (tries = 0;; tries++) {
+		r = sluice_bpf_client_tag(l->bpf, fd, slot, c->max_conns);
+		if (r != SLUICE_ERR || errno != EAGAIN || tries == TAG_RETRIES)
+			break;
+	}
 	if (r == SLUICE_OK) {
 		*ref = e;
 		return SLUICE_LIMIT_OK;

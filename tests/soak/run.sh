@@ -311,6 +311,20 @@ wait $held || true
 [ "$spread" = 1/1/1 ] || { log "soak: FAIL: three connections spread $spread over the upstreams (a leaked count?)"; rc=1; }
 jq -e '.ok == 3' $WORK/three.json >/dev/null || { log "soak: FAIL: $(cat $WORK/three.json)"; rc=1; }
 log "soak: after: 64 concurrent alice connections admitted, the 65th refused (max_conns); 3 held connections spread $spread"
+# ... and, with BPF, the kernel's own counters read as an operator would:
+# every server and every client identity back to 0 active, and as many
+# upstream closes counted as opens (nothing counted twice or missed).
+if [ "$SLUICE_NET_BPF" != off ]; then
+	for i in $(seq 100); do
+		up=$(bpftool -j map dump pinned /sys/fs/bpf/sluice/upstream_conns | jq '[.[].formatted.value | .opened - .closed] | add')
+		cl=$(bpftool -j map dump pinned /sys/fs/bpf/sluice/client_conns | jq '[.[].formatted.value | .opened - .closed] | add')
+		[ "$up" = 0 ] && [ "$cl" = 0 ] && break
+		sleep 0.1
+	done
+	opened=$(bpftool -j map dump pinned /sys/fs/bpf/sluice/upstream_conns | jq '[.[].formatted.value.opened] | add')
+	[ "$up" = 0 ] && [ "$cl" = 0 ] || { log "soak: FAIL: BPF counters not back to 0: upstream active $up, client active $cl"; rc=1; }
+	log "soak: BPF maps: upstream active $up (of $opened connects counted), client active $cl"
+fi
 
 sluice_stop || { log "soak: FAIL: sluice did not stop cleanly"; rc=1; }
 if [ $rc = 0 ]; then
