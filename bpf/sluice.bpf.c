@@ -8,7 +8,10 @@
  *       admits one client connection: max_conns check, opened + 1 and the
  *       socket's tag, all in one program run;
  *   account          (syscall) adds one finished connection's bytes to the
- *       per-CPU datapath counters.
+ *       per-CPU datapath counters;
+ *   sluice_sockmap_verdict (sk_skb/stream_verdict, on the sockmap_socks
+ *       SOCKHASH) forwards the bytes of a sockmap pair to its peer, with
+ *       the backlog caps (end of file).
  *
  * Counters are monotonic (opened, closed; active = opened - closed) and a
  * close is counted at most once per socket, claimed with an atomic exchange
@@ -315,4 +318,204 @@ int account(struct sluice_bpf_account_ctx *ctx)
 	__sync_fetch_and_add(&s->bytes_in, ctx->bytes_in);
 	__sync_fetch_and_add(&s->bytes_out, ctx->bytes_out);
 	return 0;
+}
+
+/* ---- sockmap datapath ------------------------------------------------------
+ *
+ * See "sockmap datapath" in sluice_maps.h for the pair layout and the caps,
+ * and docs/architecture.md for why it is built this way.  Every skb of a
+ * pair's socket comes here; none is ever passed up to the socket (SK_PASS)
+ * for userspace to copy: mixing the two paths is what reordered and once
+ * duplicated bytes in the throwaway probe (design.md). */
+
+/* Caps, set by the loader before load (bpf.sockmap_* in the config). */
+const volatile __u32 sockmap_soft_cap = 4 << 20;
+const volatile __u32 sockmap_hard_cap = 16 << 20;
+const volatile __u64 sockmap_global_cap = 256 << 20;
+
+/* Only write_seq is read: CO-RE relocates the offset for the running kernel. */
+struct tcp_sock {
+	__u32 write_seq;
+} __attribute__((preserve_access_index));
+
+/* Both sockets of every pair, keyed by socket cookie.  The verdict program
+ * is attached to this map. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 2 * SLUICE_BPF_MAX_PAIRS);
+	__type(key, __u64);
+	__type(value, __u64);
+} sockmap_socks SEC(".maps");
+
+/* Socket cookie -> its pair slot and side. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 2 * SLUICE_BPF_MAX_PAIRS);
+	__type(key, __u64);
+	__type(value, struct sluice_bpf_pair_sock);
+} sockmap_sock_pair SEC(".maps");
+
+/* Per pair: cookies, per-direction counters and backlog, state.  mmap'ed
+ * by userspace, readable with bpftool. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, SLUICE_BPF_MAX_PAIRS);
+	__type(key, __u32);
+	__type(value, struct sluice_bpf_pair);
+} sockmap_pairs SEC(".maps");
+
+/* Totals; mmap'ed by userspace (it subtracts a closed pair's backlog). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sluice_bpf_sockmap_global);
+} sockmap_global SEC(".maps");
+
+/* One ring buffer per worker (filled in by the loader): an event wakes only
+ * the worker that owns the pair, through its epoll. */
+struct sockmap_ring {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, SLUICE_BPF_RING_SIZE);
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, SLUICE_BPF_MAX_WORKERS);
+	__type(key, __u32);
+	__array(values, struct sockmap_ring);
+} sockmap_rings SEC(".maps");
+
+static __always_inline void sockmap_notify(struct sluice_bpf_pair *p, __u32 slot, __u32 kind, __u32 dir,
+                                           __u32 backlog)
+{
+	struct sluice_bpf_event ev = {
+		.kind = kind, .slot = slot, .gen = p->gen, .dir = dir, .backlog = backlog,
+	};
+	__u32 w = p->worker;
+	void *ring = bpf_map_lookup_elem(&sockmap_rings, &w);
+
+	/* Events are rare (a cap crossed), so always wake the worker.  A full
+	 * ring loses the event, not data: a dead pair still drops every skb,
+	 * and the worker also finds it dead when the peer resets. */
+	if (ring)
+		bpf_ringbuf_output(ring, &ev, sizeof(ev), BPF_RB_FORCE_WAKEUP);
+}
+
+/* Marks the pair dead (first caller wins) and tells its worker. */
+static __always_inline void sockmap_kill(struct sluice_bpf_pair *p, __u32 slot, __u32 why, __u32 dir,
+                                         __u32 backlog)
+{
+	__u32 zero = 0;
+	struct sluice_bpf_sockmap_global *g;
+
+	if (__sync_val_compare_and_swap(&p->state, SLUICE_BPF_PAIR_LIVE, SLUICE_BPF_PAIR_DEAD) !=
+	    SLUICE_BPF_PAIR_LIVE)
+		return;
+	p->dead_why = why;
+	p->dead_dir = dir;
+	p->dead_backlog = backlog;
+	g = bpf_map_lookup_elem(&sockmap_global, &zero);
+	if (g)
+		__sync_fetch_and_add(&g->dead_pairs, 1);
+	sockmap_notify(p, slot, SLUICE_BPF_EV_DEAD, dir, backlog);
+}
+
+SEC("sk_skb/stream_verdict")
+int sluice_sockmap_verdict(struct __sk_buff *skb)
+{
+	struct sluice_bpf_sockmap_global *g;
+	struct sluice_bpf_pair_sock *me;
+	struct sluice_bpf_pair_dir *d;
+	struct sluice_bpf_pair *p;
+	struct tcp_sock *tp;
+	struct bpf_sock *peer;
+	__u64 cookie, peer_cookie;
+	__u32 len = skb->len, zero = 0, slot, dir, wseq, backlog;
+	__s32 bl;
+	__s64 delta;
+	long ret;
+
+	/* The skb that carries a bare FIN: redirecting a zero-length skb makes
+	 * the peer's send fail with EPIPE (design.md pitfall 2).  The FIN is
+	 * userspace's business (it watches EPOLLRDHUP). */
+	if (len == 0)
+		return SK_DROP;
+	cookie = bpf_get_socket_cookie(skb);
+	me = bpf_map_lookup_elem(&sockmap_sock_pair, &cookie);
+	if (!me)
+		return SK_DROP;     /* not a pair socket: cannot happen (inserted after its record) */
+	slot = me->slot;
+	dir = me->side & 1;
+	p = bpf_map_lookup_elem(&sockmap_pairs, &slot);
+	if (!p)
+		return SK_DROP;
+	d = &p->dir[dir];
+	if (p->state != SLUICE_BPF_PAIR_LIVE) {
+		/* Dead: the worker is about to reset both sockets, so these
+		 * bytes are not lost silently (the peers see an RST). */
+		__sync_fetch_and_add(&d->dropped, len);
+		return SK_DROP;
+	}
+	peer_cookie = p->cookie[dir ^ 1];
+	peer = bpf_map_lookup_elem(&sockmap_socks, &peer_cookie);
+	if (!peer) {
+		sockmap_kill(p, slot, SLUICE_BPF_DEAD_PEER_GONE, dir, d->backlog);
+		__sync_fetch_and_add(&d->dropped, len);
+		return SK_DROP;
+	}
+	tp = bpf_skc_to_tcp_sock(peer);
+	wseq = tp ? tp->write_seq : 0;
+	bpf_sk_release(peer);
+	if (!tp) {
+		sockmap_kill(p, slot, SLUICE_BPF_DEAD_PEER_GONE, dir, d->backlog);
+		__sync_fetch_and_add(&d->dropped, len);
+		return SK_DROP;
+	}
+	/* The verdict runs under the source socket's lock, so one direction's
+	 * fields are only ever written by one program run at a time. */
+	if (!d->seq_inited) {
+		d->seq_base = wseq;     /* nothing redirected yet: the origin */
+		d->seq_inited = 1;
+	}
+	/* Redirected but not yet in the peer's TCP write queue: the psock
+	 * backlog, which the kernel does not bound.  32-bit sequence space;
+	 * the backlog is far below 2 GiB by the caps. */
+	bl = (__s32)((__u32)d->redirected - (wseq - d->seq_base));
+	backlog = (bl > 0 ? (__u32)bl : 0) + len;
+	if (backlog > sockmap_hard_cap) {
+		sockmap_kill(p, slot, SLUICE_BPF_DEAD_HARD_CAP, dir, backlog - len);
+		__sync_fetch_and_add(&d->dropped, len);
+		return SK_DROP;
+	}
+	g = bpf_map_lookup_elem(&sockmap_global, &zero);
+	if (!g)
+		return SK_DROP;
+	delta = (__s64)backlog - (__s64)d->backlog;
+	if (backlog > sockmap_soft_cap && delta > 0 &&
+	    *(volatile __s64 *)&g->backlog + delta > (__s64)sockmap_global_cap) {
+		/* Memory as a whole is short and this direction is one of those
+		 * holding it (over the soft cap, still growing). */
+		sockmap_kill(p, slot, SLUICE_BPF_DEAD_GLOBAL_CAP, dir, backlog - len);
+		__sync_fetch_and_add(&d->dropped, len);
+		return SK_DROP;
+	}
+	ret = bpf_sk_redirect_hash(skb, &sockmap_socks, &peer_cookie, 0);
+	if (ret != SK_PASS) {
+		sockmap_kill(p, slot, SLUICE_BPF_DEAD_PEER_GONE, dir, backlog - len);
+		__sync_fetch_and_add(&d->dropped, len);
+		return SK_DROP;
+	}
+	/* Counted before the skb is queued on the peer: userspace's drain
+	 * check (written == redirected) can only wait longer, never less. */
+	__sync_fetch_and_add(&d->redirected, len);
+	__sync_fetch_and_add(&g->backlog, delta);
+	d->backlog = backlog;
+	if (backlog > d->max_backlog)
+		d->max_backlog = backlog;
+	if (backlog > sockmap_soft_cap &&
+	    __sync_val_compare_and_swap(&d->soft, 0, 1) == 0)
+		sockmap_notify(p, slot, SLUICE_BPF_EV_SOFT, dir, backlog);
+	return SK_PASS;
 }

@@ -105,4 +105,88 @@ struct sluice_bpf_account_ctx {
 	__u64 bytes_out;
 };
 
+/* ---- sockmap datapath ------------------------------------------------------
+ *
+ * A pair is the client socket (side 0) and its upstream socket (side 1) in
+ * the SOCKHASH sockmap_socks, keyed by socket cookie.  Direction d moves the
+ * bytes side d receives to side d ^ 1 (0: client -> upstream).
+ *
+ * The verdict program redirects to the peer's egress; the kernel parks
+ * redirected bytes in the peer's psock queue until its TCP send buffer takes
+ * them, without any limit of its own (design.md: no backpressure).  So each
+ * direction's backlog = bytes redirected - bytes that reached the peer's TCP
+ * write queue (the peer's write_seq moved by that much since the first
+ * redirect) is computed on every skb and capped:
+ *   soft cap  the verdict flags the direction and wakes the owning worker
+ *             (ring buffer), which clamps the source's receive window;
+ *   hard cap  the pair is marked dead and every later skb is dropped: the
+ *             worker resets both sockets (so nothing is lost silently) and
+ *             logs result "sockmap_backlog".
+ *   global    the sum of every direction's last backlog; above it a
+ *             direction that is itself over the soft cap dies the same way. */
+#define SLUICE_BPF_MAX_PAIRS   16384    /* 2 sockets each: the 20,000-fd limit is lower */
+#define SLUICE_BPF_MAX_WORKERS 256      /* config's ceiling on workers */
+#define SLUICE_BPF_RING_SIZE   (64 * 1024)
+
+enum sluice_bpf_pair_state {
+	SLUICE_BPF_PAIR_FREE = 0,
+	SLUICE_BPF_PAIR_LIVE = 1,
+	SLUICE_BPF_PAIR_DEAD = 2,   /* over a cap: skbs dropped, reset pending */
+};
+enum sluice_bpf_pair_why {         /* sluice_bpf_pair.dead_why */
+	SLUICE_BPF_DEAD_NONE = 0,
+	SLUICE_BPF_DEAD_HARD_CAP = 1,   /* the direction's backlog passed the hard cap */
+	SLUICE_BPF_DEAD_GLOBAL_CAP = 2, /* the global backlog passed its cap */
+	SLUICE_BPF_DEAD_PEER_GONE = 3,  /* the peer socket left the SOCKHASH */
+};
+
+struct sluice_bpf_pair_dir {
+	__u64 redirected;           /* BPF: bytes redirected to the peer */
+	__u64 dropped;              /* BPF: bytes dropped once the pair was dead */
+	__u32 seq_base;             /* BPF: peer write_seq before the first redirect */
+	__u32 seq_inited;           /* BPF: seq_base is set */
+	__u32 backlog;              /* BPF: backlog after the last skb (bytes) */
+	__u32 max_backlog;          /* BPF: the largest backlog seen */
+	__u32 soft;                 /* BPF 0->1 past the soft cap; userspace 1->0 when it unclamps */
+	__u32 clamps;               /* userspace: times the source's window was clamped */
+};
+
+/* sockmap_pairs[slot]: mmap'ed by userspace (BPF_F_MMAPABLE). */
+struct sluice_bpf_pair {
+	__u64 cookie[2];            /* userspace: socket cookies, client and upstream */
+	struct sluice_bpf_pair_dir dir[2];
+	__u32 state;                /* enum sluice_bpf_pair_state */
+	__u32 dead_why;             /* enum sluice_bpf_pair_why */
+	__u32 dead_dir;             /* direction that died */
+	__u32 dead_backlog;         /* its backlog (bytes) at that moment */
+	__u32 worker;               /* userspace: owning worker, picks the ring */
+	__u32 gen;                  /* userspace: bumped per use of the slot */
+};
+
+/* sockmap_sock_pair[cookie]: which pair and side a socket is. */
+struct sluice_bpf_pair_sock {
+	__u32 slot;
+	__u32 side;                 /* 0 client, 1 upstream */
+};
+
+/* sockmap_global[0] */
+struct sluice_bpf_sockmap_global {
+	__s64 backlog;              /* sum of every live direction's last backlog */
+	__u64 dead_pairs;           /* pairs the verdict marked dead */
+};
+
+/* What the verdict tells the owning worker through its ring buffer. */
+enum sluice_bpf_event_kind {
+	SLUICE_BPF_EV_SOFT = 1,     /* direction passed the soft cap: clamp its source */
+	SLUICE_BPF_EV_DEAD = 2,     /* pair dead: reset it */
+};
+struct sluice_bpf_event {
+	__u32 kind;
+	__u32 slot;
+	__u32 gen;
+	__u32 dir;
+	__u32 backlog;
+	__u32 pad;
+};
+
 #endif

@@ -71,6 +71,14 @@ struct sluice_bpf {
 
 	int storage_fd, client_open_fd, account_fd, dp_fd;
 	int ncpus;
+
+	/* sockmap datapath: the verdict attached to sockmap_socks */
+	bool verdict_attached;
+	char sockmap_why[160];         /* why not, when the verdict could not attach */
+	struct sluice_bpf_pair *pairs; /* mmap of sockmap_pairs */
+	size_t pairs_len;
+	struct sluice_bpf_sockmap_global *sm_global; /* mmap of sockmap_global */
+	size_t sm_global_len;
 };
 
 static char libbpf_last[256];  /* last libbpf warning, for the error line */
@@ -479,6 +487,11 @@ int sluice_bpf_open(const struct sluice_config *cfg, const char *pin_path, const
 		errf(err, errlen, "sizing the server maps: %s", strerror(errno));
 		goto fail;
 	}
+	/* The sockmap caps are constants of the verdict program (.rodata):
+	 * the verifier folds them. */
+	b->skel->rodata->sockmap_soft_cap = (__u32)cfg->bpf.sockmap_pair_cap;
+	b->skel->rodata->sockmap_hard_cap = (__u32)cfg->bpf.sockmap_hard_cap;
+	b->skel->rodata->sockmap_global_cap = cfg->bpf.sockmap_global_cap;
 	if (sluice_skel__load(b->skel) < 0) {
 		e = errno;
 		errf(err, errlen, "loading the BPF object: %s%s%s", strerror(e), libbpf_last[0] ? ": " : "",
@@ -497,7 +510,9 @@ int sluice_bpf_open(const struct sluice_config *cfg, const char *pin_path, const
 
 	b->up = map_mmap(b->skel->maps.upstream_conns, &b->up_len);
 	b->cl = map_mmap(b->skel->maps.client_conns, &b->cl_len);
-	if (!b->up || !b->cl) {
+	b->pairs = map_mmap(b->skel->maps.sockmap_pairs, &b->pairs_len);
+	b->sm_global = map_mmap(b->skel->maps.sockmap_global, &b->sm_global_len);
+	if (!b->up || !b->cl || !b->pairs || !b->sm_global) {
 		errf(err, errlen, "mmap of the counter maps: %s", strerror(errno));
 		goto fail;
 	}
@@ -575,6 +590,15 @@ int sluice_bpf_open(const struct sluice_config *cfg, const char *pin_path, const
 		goto fail;
 	}
 	b->attached = true;
+	/* The sockmap verdict lives on its map, not on a cgroup.  Failing to
+	 * attach it only costs the sockmap datapath (the caller falls back
+	 * to splice and says why), not the counters. */
+	if (bpf_prog_attach(bpf_program__fd(b->skel->progs.sluice_sockmap_verdict),
+	                    bpf_map__fd(b->skel->maps.sockmap_socks), BPF_SK_SKB_STREAM_VERDICT, 0) < 0)
+		snprintf(b->sockmap_why, sizeof(b->sockmap_why), "attaching the sockmap verdict: %s",
+		         strerror(errno));
+	else
+		b->verdict_attached = true;
 	free(mountinfo);
 	*out = b;
 	return 0;
@@ -594,6 +618,9 @@ void sluice_bpf_close(struct sluice_bpf *b)
 	if (b->attached)
 		(void)bpf_prog_detach2(bpf_program__fd(b->skel->progs.sluice_sockops), b->cgroup_fd,
 		                       BPF_CGROUP_SOCK_OPS);
+	if (b->verdict_attached)
+		(void)bpf_prog_detach2(bpf_program__fd(b->skel->progs.sluice_sockmap_verdict),
+		                       bpf_map__fd(b->skel->maps.sockmap_socks), BPF_SK_SKB_STREAM_VERDICT);
 	if (b->moved) {
 		snprintf(path, sizeof(path), "%s/cgroup.procs", b->home_cgroup);
 		snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
@@ -614,6 +641,10 @@ void sluice_bpf_close(struct sluice_bpf *b)
 		munmap(b->up, b->up_len);
 	if (b->cl)
 		munmap(b->cl, b->cl_len);
+	if (b->pairs)
+		munmap(b->pairs, b->pairs_len);
+	if (b->sm_global)
+		munmap(b->sm_global, b->sm_global_len);
 	sluice_skel__destroy(b->skel);
 	if (b->pin_dir_fd >= 0) {
 		/* The directory stays (it may be a configured path); the lock
@@ -790,5 +821,23 @@ int sluice_bpf_datapath_read(const struct sluice_bpf *b, unsigned dp, struct slu
 		out->bytes_out += v[i].bytes_out;
 	}
 	free(v);
+	return SLUICE_OK;
+}
+
+/* ---- sockmap datapath ------------------------------------------------------------ */
+
+int sluice_bpf_sockmap_handles(const struct sluice_bpf *b, struct sluice_bpf_sockmap_handles *out,
+                               char *why, size_t whylen)
+{
+	if (!b->verdict_attached) {
+		snprintf(why, whylen, "%s", b->sockmap_why[0] ? b->sockmap_why : "verdict not attached");
+		return SLUICE_ERR;
+	}
+	out->socks_fd = bpf_map__fd(b->skel->maps.sockmap_socks);
+	out->sock_pair_fd = bpf_map__fd(b->skel->maps.sockmap_sock_pair);
+	out->rings_fd = bpf_map__fd(b->skel->maps.sockmap_rings);
+	out->pairs = b->pairs;
+	out->n_pairs = bpf_map__max_entries(b->skel->maps.sockmap_pairs);
+	out->global = b->sm_global;
 	return SLUICE_OK;
 }

@@ -105,6 +105,22 @@ int sluice_bpf_account(struct sluice_bpf *b, unsigned dp, uint64_t bytes_in, uin
 /* The sum over CPUs. */
 int sluice_bpf_datapath_read(const struct sluice_bpf *b, unsigned dp, struct sluice_bpf_dp_stats *out);
 
+/* ---- sockmap datapath (used by src/sockmap.c) ---- */
+
+/* What src/sockmap.c needs of the object: the SOCKHASH the verdict is
+ * attached to, the cookie -> pair map, the per-worker ring buffers (an
+ * ARRAY_OF_MAPS to fill) and the mmap'ed pair array and totals. */
+struct sluice_bpf_sockmap_handles {
+	int socks_fd, sock_pair_fd, rings_fd;
+	struct sluice_bpf_pair *pairs;
+	uint32_t n_pairs;
+	struct sluice_bpf_sockmap_global *global;
+};
+/* SLUICE_OK, or SLUICE_ERR with the reason in why (the verdict program
+ * could not be attached on this kernel). */
+int sluice_bpf_sockmap_handles(const struct sluice_bpf *b, struct sluice_bpf_sockmap_handles *out,
+                               char *why, size_t whylen);
+
 /* ---- helpers (exposed for tests) ---- */
 
 /* An upstream_servers key for sa (AF_INET, AF_INET6; a v4-mapped v6

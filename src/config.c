@@ -67,6 +67,7 @@ struct raw_listener {
 	char **deny_cidrs;
 	unsigned deny_cidrs_count;
 	struct raw_timeouts *timeouts;
+	char *datapath;
 };
 
 struct raw_server {
@@ -105,6 +106,9 @@ struct raw_bpf {
 	char *mode;
 	char *pin_path;
 	char *cgroup;
+	char *sockmap_pair_cap;
+	char *sockmap_hard_cap;
+	char *sockmap_global_cap;
 };
 
 struct raw_log {
@@ -155,6 +159,7 @@ static const cyaml_schema_field_t listener_fields[] = {
 	CYAML_FIELD_SEQUENCE("deny_cidrs", CYAML_FLAG_POINTER | OPT, struct raw_listener,
 	                     deny_cidrs, &string_entry, 0, CYAML_UNLIMITED),
 	CYAML_FIELD_MAPPING_PTR("timeouts", OPT, struct raw_listener, timeouts, timeouts_fields),
+	STR("datapath", OPT, struct raw_listener, datapath),
 	CYAML_FIELD_END
 };
 
@@ -214,6 +219,9 @@ static const cyaml_schema_field_t bpf_fields[] = {
 	STR("mode", OPT, struct raw_bpf, mode),
 	STR("pin_path", OPT, struct raw_bpf, pin_path),
 	STR("cgroup", OPT, struct raw_bpf, cgroup),
+	STR("sockmap_pair_cap", OPT, struct raw_bpf, sockmap_pair_cap),
+	STR("sockmap_hard_cap", OPT, struct raw_bpf, sockmap_hard_cap),
+	STR("sockmap_global_cap", OPT, struct raw_bpf, sockmap_global_cap),
 	CYAML_FIELD_END
 };
 
@@ -820,6 +828,38 @@ static int get_duration(struct load_ctx *c, const char *path, const char *s, uin
 	return -1;
 }
 
+/* A byte size: an integer with an optional K, M or G suffix (powers of
+ * 1024), within min..max. */
+static int get_size(struct load_ctx *c, const char *path, const char *s, uint64_t min, uint64_t max,
+                    uint64_t dflt, uint64_t *out)
+{
+	unsigned long long v;
+	unsigned shift = 0;
+	char *end;
+
+	if (s == NULL) {
+		*out = dflt;
+		return 0;
+	}
+	errno = 0;
+	v = s[0] >= '0' && s[0] <= '9' ? strtoull(s, &end, 10) : 0;
+	if (s[0] >= '0' && s[0] <= '9' && errno == 0) {
+		if (*end == 'K')
+			shift = 10, end++;
+		else if (*end == 'M')
+			shift = 20, end++;
+		else if (*end == 'G')
+			shift = 30, end++;
+		if (*end == '\0' && v <= (UINT64_MAX >> shift) && (v << shift) >= min && (v << shift) <= max) {
+			*out = (uint64_t)v << shift;
+			return 0;
+		}
+	}
+	fail_path(c, path, AT_VALUE, "expected a size %llu..%llu bytes (an integer, optionally with K, M or G), got \"%s\"",
+	          (unsigned long long)min, (unsigned long long)max, s);
+	return -1;
+}
+
 /* Picks s out of names[] (a NULL-terminated list); *out is its index. */
 static int get_choice(struct load_ctx *c, const char *path, const char *what, const char *s,
                       const char *const *names, const char *hint, int dflt, int *out)
@@ -927,6 +967,7 @@ static int find_upstream(const struct sluice_config *cfg, const char *name, unsi
 static const char *const level_names[] = { "debug", "info", "warn", "error", NULL };
 static const char *const format_names[] = { "json", "text", NULL };
 static const char *const mode_names[] = { "mtls", "tcp", NULL };
+static const char *const datapath_names[] = { "splice", "sockmap", NULL };
 static const char *const balance_names[] = { "least_conn", NULL };
 static const char *const ktls_names[] = { "auto", "off", "require", NULL };
 static const char *const onoff_names[] = { "on", "off", NULL };
@@ -1112,6 +1153,19 @@ static int check_listeners(struct load_ctx *c, const struct raw_config *r,
 		               SLUICE_MODE_MTLS, &e) < 0)
 			return -1;
 		l->mode = (enum sluice_listener_mode)e;
+
+		snprintf(path, sizeof(path), "listeners[%u].datapath", i);
+		if (get_choice(c, path, "datapath", rl->datapath, datapath_names, "use splice or sockmap",
+		               SLUICE_DATAPATH_SPLICE, &e) < 0)
+			return -1;
+		l->datapath = (enum sluice_datapath_cfg)e;
+		/* sockmap forwards raw TCP bytes: a TLS listener's bytes must
+		 * go through the TLS stack (kTLS or OpenSSL). */
+		if (l->datapath == SLUICE_DATAPATH_SOCKMAP && l->mode != SLUICE_MODE_TCP) {
+			fail_path(c, path, AT_VALUE, "datapath sockmap needs mode tcp (listener \"%s\" is mtls)",
+			          rl->name);
+			return -1;
+		}
 
 		snprintf(path, sizeof(path), "listeners[%u].upstream", i);
 		if (find_upstream(cfg, rl->upstream, &l->upstream) < 0) {
@@ -1360,6 +1414,9 @@ static int check_bpf(struct load_ctx *c, const struct raw_config *r, struct slui
 	int e;
 
 	cfg->bpf.mode = SLUICE_BPF_AUTO;
+	cfg->bpf.sockmap_pair_cap = SLUICE_SOCKMAP_PAIR_CAP;
+	cfg->bpf.sockmap_hard_cap = SLUICE_SOCKMAP_HARD_CAP;
+	cfg->bpf.sockmap_global_cap = SLUICE_SOCKMAP_GLOBAL_CAP;
 	if (b == NULL)
 		return 0;
 	if (get_choice(c, "bpf.mode", "mode", b->mode, bpf_mode_names, "use auto, off or require",
@@ -1369,6 +1426,26 @@ static int check_bpf(struct load_ctx *c, const struct raw_config *r, struct slui
 	if (get_abs_dir(c, "bpf.pin_path", b->pin_path, &cfg->bpf.pin_path) < 0 ||
 	    get_abs_dir(c, "bpf.cgroup", b->cgroup, &cfg->bpf.cgroup) < 0)
 		return -1;
+	/* The verdict program keeps backlogs in 32 bits: caps stay below
+	 * 1 GiB.  A pair cap of 64 KiB is about one TCP window. */
+	if (get_size(c, "bpf.sockmap_pair_cap", b->sockmap_pair_cap, 64 << 10, 1ULL << 30,
+	             SLUICE_SOCKMAP_PAIR_CAP, &cfg->bpf.sockmap_pair_cap) < 0 ||
+	    get_size(c, "bpf.sockmap_hard_cap", b->sockmap_hard_cap, 64 << 10, 1ULL << 30,
+	             SLUICE_SOCKMAP_HARD_CAP, &cfg->bpf.sockmap_hard_cap) < 0 ||
+	    get_size(c, "bpf.sockmap_global_cap", b->sockmap_global_cap, 64 << 10, 1ULL << 40,
+	             SLUICE_SOCKMAP_GLOBAL_CAP, &cfg->bpf.sockmap_global_cap) < 0)
+		return -1;
+	if (cfg->bpf.sockmap_hard_cap < cfg->bpf.sockmap_pair_cap) {
+		fail_path(c, "bpf.sockmap_hard_cap", AT_VALUE, "must be at least sockmap_pair_cap (%llu), got \"%s\"",
+		          (unsigned long long)cfg->bpf.sockmap_pair_cap, b->sockmap_hard_cap ? b->sockmap_hard_cap : "");
+		return -1;
+	}
+	if (cfg->bpf.sockmap_global_cap < cfg->bpf.sockmap_hard_cap) {
+		fail_path(c, "bpf.sockmap_global_cap", AT_VALUE, "must be at least sockmap_hard_cap (%llu), got \"%s\"",
+		          (unsigned long long)cfg->bpf.sockmap_hard_cap,
+		          b->sockmap_global_cap ? b->sockmap_global_cap : "");
+		return -1;
+	}
 	return 0;
 }
 

@@ -26,10 +26,22 @@ enum sluice_ktls_mode { SLUICE_KTLS_AUTO, SLUICE_KTLS_OFF, SLUICE_KTLS_REQUIRE }
  * without BPF. */
 enum sluice_bpf_mode { SLUICE_BPF_AUTO, SLUICE_BPF_OFF, SLUICE_BPF_REQUIRE };
 
+/* listeners[].datapath (mode tcp only): splice (default) or sockmap, the
+ * in-kernel redirect (src/sockmap.c), which needs BPF. */
+enum sluice_datapath_cfg { SLUICE_DATAPATH_SPLICE, SLUICE_DATAPATH_SOCKMAP };
+
+/* Defaults of the sockmap backlog caps (bytes). */
+#define SLUICE_SOCKMAP_PAIR_CAP   (4ULL << 20)
+#define SLUICE_SOCKMAP_HARD_CAP   (16ULL << 20)
+#define SLUICE_SOCKMAP_GLOBAL_CAP (256ULL << 20)
+
 struct sluice_bpf_cfg {
 	enum sluice_bpf_mode mode;  /* default auto */
 	char *pin_path;             /* NULL = /sys/fs/bpf/sluice */
 	char *cgroup;               /* NULL = a child of the cgroup sluice runs in */
+	uint64_t sockmap_pair_cap;  /* per direction: above it the source's window is clamped */
+	uint64_t sockmap_hard_cap;  /* per direction: above it the pair is reset */
+	uint64_t sockmap_global_cap; /* all pairs together */
 };
 
 /* How a clients[] entry names who it applies to. */
@@ -75,6 +87,7 @@ struct sluice_listener_cfg {
 	struct sluice_cidr *deny;   /* checked first */
 	unsigned n_deny;
 	struct sluice_timeouts timeouts;
+	enum sluice_datapath_cfg datapath; /* mode tcp only */
 };
 
 struct sluice_client_cfg {

@@ -27,6 +27,7 @@
 #include "common.h"
 #include "log.h"
 #include "proxy.h"
+#include "sockmap.h"
 #include "tls.h"
 
 #define SIDE_EVENTS (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
@@ -185,6 +186,7 @@ static const char *datapath_name(enum sluice_datapath d)
 	case SLUICE_DP_SPLICE: return "splice";
 	case SLUICE_DP_KTLS: return "ktls";
 	case SLUICE_DP_USERSPACE: return "userspace";
+	case SLUICE_DP_SOCKMAP: return "sockmap";
 	default: return NULL;
 	}
 }
@@ -232,6 +234,7 @@ static void conn_account(const struct sluice_conn *c)
 		[SLUICE_DP_SPLICE] = SLUICE_BPF_DP_SPLICE,
 		[SLUICE_DP_KTLS] = SLUICE_BPF_DP_KTLS,
 		[SLUICE_DP_USERSPACE] = SLUICE_BPF_DP_USERSPACE,
+		[SLUICE_DP_SOCKMAP] = SLUICE_BPF_DP_SOCKMAP,
 	};
 
 	(void)sluice_bpf_account(c->w->proxy->bpf, dp[c->datapath], c->c2u.bytes, c->u2c.bytes);
@@ -248,6 +251,10 @@ void sluice_conn_close(struct sluice_conn *c, const char *result, const char *de
 		if (detail)
 			sluice_conn_detail(c, "%s", detail);
 	}
+	/* sockmap: the byte counts are the kernel's, and the sockets must
+	 * leave the maps (and get their RST, for a dead pair) before the
+	 * line is written and the fds are closed. */
+	sluice_sockmap_release(c);
 	conn_log(c);
 	if (w->proxy->bpf)
 		conn_account(c);
@@ -707,7 +714,8 @@ static void conn_relay_arm(struct sluice_conn *c)
 
 static void conn_relay(struct sluice_conn *c)
 {
-	switch (sluice_relay_pump(c)) {
+	/* A sockmap pair's events are only ends of stream: sockmap.c. */
+	switch (c->sockmap ? sluice_sockmap_pump(c) : sluice_relay_pump(c)) {
 	case SLUICE_RELAY_WAIT:
 		return;
 	case SLUICE_RELAY_MORE:
@@ -736,6 +744,18 @@ static void conn_relay_start(struct sluice_conn *c)
 	else
 		c->datapath = SLUICE_DP_USERSPACE;
 	c->last_active_ms = sluice_now_ms();
+	/* datapath: sockmap (mode tcp only): hand the pair to the kernel.
+	 * Declined (no slot, a map update failed): splice, as above. */
+	if (c->l->cfg->datapath == SLUICE_DATAPATH_SOCKMAP && c->w->sockmap) {
+		int r = sluice_sockmap_start(c);
+
+		if (r == SLUICE_ERR) {
+			sluice_conn_close(c, c->result ? c->result : "internal", NULL);
+			return;
+		}
+		if (r == SLUICE_OK)
+			c->datapath = SLUICE_DP_SOCKMAP;
+	}
 	conn_relay_arm(c);
 	/* Bytes may already be waiting (sent with the client's Finished, or
 	 * during the connect) and their edge has passed: pump now. */
@@ -786,6 +806,7 @@ static void conn_on_timer(struct sluice_timer *t)
 		conn_connect_failed(c, "connect timeout");
 		return;
 	case SLUICE_CONN_RELAY:
+		sluice_sockmap_touch(c);   /* sockmap: did the kernel move bytes? */
 		if (to->lifetime_ms && now >= c->start_ms + to->lifetime_ms) {
 			sluice_conn_close(c, "timeout_lifetime", NULL);
 			return;

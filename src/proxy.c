@@ -23,6 +23,7 @@
 
 #include "common.h"
 #include "bpf.h"
+#include "sockmap.h"
 #include "log.h"
 #include "proxy.h"
 #include "tls.h"
@@ -275,6 +276,8 @@ static void worker_destroy(struct sluice_worker *w, unsigned n_listeners)
 	}
 	if (w->stop_io.fd >= 0)
 		close(w->stop_io.fd);
+	if (w->loop)
+		sluice_sockmap_worker_fini(w);
 	sluice_worker_pools_free(w);
 	sluice_loop_free(w->loop);
 }
@@ -322,6 +325,10 @@ static int worker_init(struct sluice_proxy *p, struct sluice_worker *w, unsigned
 		if (l->io.fd < 0)
 			return -1;
 	}
+	if (p->sockmap && sluice_sockmap_worker_init(p->sockmap, w) != SLUICE_OK) {
+		snprintf(err, errlen, "sockmap ring buffer for worker %u: %s", id, strerror(errno));
+		return -1;
+	}
 	return 0;
 nomem:
 	snprintf(err, errlen, "out of memory");
@@ -336,6 +343,16 @@ static bool config_has_mtls(const struct sluice_config *cfg)
 
 	for (i = 0; i < cfg->n_listeners; i++)
 		if (cfg->listeners[i].mode == SLUICE_MODE_MTLS)
+			return true;
+	return false;
+}
+
+static bool config_has_sockmap(const struct sluice_config *cfg)
+{
+	unsigned i;
+
+	for (i = 0; i < cfg->n_listeners; i++)
+		if (cfg->listeners[i].datapath == SLUICE_DATAPATH_SOCKMAP)
 			return true;
 	return false;
 }
@@ -357,6 +374,7 @@ void sluice_proxy_destroy(struct sluice_proxy *p)
 		free(p->pools);
 	}
 	sluice_limits_free(p->limits);
+	sluice_sockmap_close(p->sockmap);
 	/* Last: the limits above give their slots back to it. */
 	sluice_bpf_close(p->bpf);
 	SSL_CTX_free(p->ssl_ctx);
@@ -431,6 +449,22 @@ int sluice_proxy_create(const char *config_path, struct sluice_proxy **out, char
 			snprintf(p->bpf_why, sizeof(p->bpf_why), "%s", why);
 		}
 	}
+	/* datapath: sockmap needs the BPF object; without it those listeners
+	 * splice (one warning at start-up) or, under bpf.mode require, sluice
+	 * does not start. */
+	if (config_has_sockmap(cfg)) {
+		char why[sizeof(p->sockmap_why)];
+
+		if (!p->bpf)
+			snprintf(why, sizeof(why), "BPF unavailable%s%.200s", p->bpf_why[0] ? ": " : "", p->bpf_why);
+		if (!p->bpf || sluice_sockmap_open(p->bpf, cfg, &p->sockmap, why, sizeof(why)) != SLUICE_OK) {
+			if (cfg->bpf.mode == SLUICE_BPF_REQUIRE) {
+				snprintf(err, errlen, "datapath sockmap with bpf.mode require, but: %s", why);
+				goto fail;
+			}
+			snprintf(p->sockmap_why, sizeof(p->sockmap_why), "%s", why);
+		}
+	}
 	{
 		struct rlimit rl;
 
@@ -470,8 +504,17 @@ static void log_startup(const struct sluice_proxy *p)
 		sluice_log(SLUICE_LOG_INFO, "listen", "listener %s on %s mode %s -> upstream %s (datapath %s)",
 		           l->name, l->listen, l->mode == SLUICE_MODE_MTLS ? "mtls" : "tcp",
 		           cfg->upstreams[l->upstream].name,
-		           l->mode == SLUICE_MODE_TCP ? "splice" : p->ktls ? "ktls" : "userspace");
+		           l->mode == SLUICE_MODE_TCP ? (l->datapath == SLUICE_DATAPATH_SOCKMAP && p->sockmap ? "sockmap" : "splice")
+		           : p->ktls ? "ktls" : "userspace");
 	}
+	if (p->sockmap_why[0])
+		sluice_log(SLUICE_LOG_WARN, "sockmap", "datapath sockmap unavailable: %s; those listeners use splice",
+		           p->sockmap_why);
+	else if (p->sockmap)
+		sluice_log(SLUICE_LOG_INFO, "sockmap",
+		           "datapath sockmap: backlog caps %llu bytes per direction (window clamp), %llu (reset), "
+		           "%llu in all", (unsigned long long)cfg->bpf.sockmap_pair_cap,
+		           (unsigned long long)cfg->bpf.sockmap_hard_cap, (unsigned long long)cfg->bpf.sockmap_global_cap);
 	/* Said once so operators know what the kernel is or is not doing. */
 	if (p->ktls)
 		sluice_log(SLUICE_LOG_INFO, "ktls",

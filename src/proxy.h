@@ -21,6 +21,9 @@
 
 struct sluice_worker;
 struct sluice_conn;
+struct sluice_sockmap;
+struct sluice_sockmap_worker;
+struct sluice_sockmap_pair;
 
 struct sluice_proxy {
 	struct sluice_config *cfg;
@@ -31,6 +34,8 @@ struct sluice_proxy {
 	struct sluice_limits *limits;
 	struct sluice_bpf *bpf;        /* kernel-kept counters, NULL = atomics */
 	char bpf_why[256];             /* why not, when bpf.mode is auto */
+	struct sluice_sockmap *sockmap; /* sockmap datapath, NULL = splice for every listener */
+	char sockmap_why[256];         /* why a configured sockmap datapath is not available */
 	struct sluice_worker *workers;
 	unsigned n_workers;
 	int fd_limit;                  /* RLIMIT_NOFILE at start, 0 if unlimited */
@@ -89,6 +94,7 @@ struct sluice_worker {
 	unsigned n_free_pipes, max_free_pipes; /* cache bounded by the fd limit */
 	struct sluice_buf *free_bufs;
 	unsigned n_free_bufs;
+	struct sluice_sockmap_worker *sockmap; /* ring buffer + pairs (src/sockmap.c), or NULL */
 };
 
 /* The life of a connection, read top to bottom (design.md's flow). */
@@ -104,7 +110,7 @@ enum sluice_conn_state {
 	                          iteration (events for it may still be queued) */
 };
 
-enum sluice_datapath { SLUICE_DP_NONE, SLUICE_DP_SPLICE, SLUICE_DP_KTLS, SLUICE_DP_USERSPACE };
+enum sluice_datapath { SLUICE_DP_NONE, SLUICE_DP_SPLICE, SLUICE_DP_KTLS, SLUICE_DP_USERSPACE, SLUICE_DP_SOCKMAP };
 
 /* One end of the pair.  client and upstream have the same shape. */
 struct sluice_side {
@@ -141,6 +147,7 @@ struct sluice_conn {
 	struct sluice_side client, upstream;
 	struct sluice_flow c2u, u2c;
 	enum sluice_datapath datapath;
+	struct sluice_sockmap_pair *sockmap; /* datapath sockmap: the kernel moves the bytes */
 
 	struct sluice_sockaddr peer;
 	struct sluice_timer timer;     /* the current state's deadline */

@@ -125,6 +125,7 @@ run_test() {
 
 . tests/net/cases.sh
 [ "$SLUICE_NET_BPF" = off ] || . tests/net/bpf.sh
+[ "$SLUICE_NET_BPF" = off ] || . tests/net/sockmap.sh
 . tests/net/faults.sh
 
 TESTS=("$@")

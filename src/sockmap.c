@@ -1,0 +1,651 @@
+/* The sockmap datapath, userspace side (see sockmap.h for the contract and
+ * docs/architecture.md for the reasoning).
+ *
+ * Pair slots are shared by all workers (one mutex-protected free list);
+ * everything else about a pair belongs to the worker that owns its
+ * connection, including its ring buffer, so the hot paths take no lock.
+ *
+ * Side k of a pair: 0 the client socket, 1 the upstream socket.
+ * Direction d: the bytes side d receives, sent by side d ^ 1 (0 is
+ * client -> upstream). */
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <netinet/in.h>
+#include <linux/tcp.h>     /* tcp_info with tcpi_bytes_acked/received */
+#include <linux/sockios.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
+#include "log.h"
+#include "sockmap.h"
+
+#ifndef SO_COOKIE
+#define SO_COOKIE 57
+#endif
+
+/* Receive buffer of a sockmap socket.  The verdict empties the receive
+ * queue as bytes arrive, so this only sizes the window a sender may have
+ * in flight: the most a clamped source can still send is about one such
+ * window, small next to the soft and hard caps.  On a LAN (tens of
+ * microseconds of RTT) 128 KiB (the kernel doubles it) still allows
+ * several GB/s. */
+#define SOCKMAP_RCVBUF (128 * 1024)
+/* Longest pause between two looks at a pair that is clamped or draining. */
+#define POLL_MAX_MS 16
+
+struct sluice_sockmap {
+	struct sluice_bpf_sockmap_handles h;
+	uint64_t soft_cap, hard_cap;
+	pthread_mutex_t lock;          /* the free slot list */
+	uint32_t *free_slots, n_free;
+};
+
+struct sluice_sockmap_worker {
+	struct sluice_io io;           /* the ring buffer's fd */
+	struct sluice_sockmap *sm;
+	struct sluice_worker *w;
+	struct ring_buffer *rb;
+	int ring_fd;
+	uint32_t id;
+	struct sluice_sockmap_pair **by_slot;  /* this worker's pairs */
+};
+
+struct sluice_sockmap_pair {
+	struct sluice_conn *c;
+	struct sluice_sockmap_worker *sw;
+	uint32_t slot, gen;
+	uint64_t cookie[2];
+	uint64_t wbase[2];             /* side k's acked + queued bytes at insert */
+	int orig_clamp[2];
+	bool clamped[2];               /* direction d's source window clamped */
+	bool eof[2];                   /* side k received a FIN */
+	bool shut[2];                  /* direction d done: FIN passed to side d ^ 1 */
+	bool reset;                    /* close both sockets with an RST */
+	struct sluice_timer timer;     /* while clamped or draining */
+	unsigned polls;
+	uint64_t seen;                 /* redirected bytes at the last idle look */
+};
+
+static volatile struct sluice_bpf_pair *pstate(const struct sluice_sockmap_pair *p)
+{
+	return &p->sw->sm->h.pairs[p->slot];
+}
+
+static int side_fd(const struct sluice_conn *c, int k)
+{
+	return k == 0 ? c->client.io.fd : c->upstream.io.fd;
+}
+
+/* Bytes side fd has put into its TCP write queue since it was created:
+ * acknowledged + not yet acknowledged.  TCP_INFO first, so a concurrent
+ * ACK can only make this an underestimate. */
+static int tcp_written(int fd, uint64_t *out)
+{
+	struct tcp_info ti;
+	socklen_t len = sizeof(ti);
+	int outq = 0;
+
+	if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0 || ioctl(fd, SIOCOUTQ, &outq) < 0)
+		return -1;
+	*out = ti.tcpi_bytes_acked + (uint64_t)outq;
+	return 0;
+}
+
+static int tcp_received(int fd, uint64_t *out)
+{
+	struct tcp_info ti;
+	socklen_t len = sizeof(ti);
+
+	if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0)
+		return -1;
+	*out = ti.tcpi_bytes_received;
+	return 0;
+}
+
+static uint64_t load64(volatile const __u64 *p)
+{
+	return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+
+static uint32_t load32(volatile const __u32 *p)
+{
+	return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+
+/* ---- policy ---- */
+
+/* Why the datapath is refused.  Measured on 6.18 (docs/architecture.md,
+ * tests/net/sockmap.sh): memory is bounded by construction (the verdict's
+ * hard cap resets the pair), but the soft cap's flow control does not
+ * hold: with the source's window clamped, the sender still trickles a
+ * clamp-sized segment per window update, about 100 MB/s on veth, so a
+ * reader that stalls for ~0.2 s gets its connection reset at the 16 MiB
+ * hard cap.  A datapath that resets slow readers is not one to offer;
+ * until a flow control that stops the sender exists, sluice uses splice.
+ * SLUICE_SOCKMAP_EXPERIMENTAL=1 in the environment lifts the refusal, for
+ * the tests that document the behaviour. */
+static const char refusal[] =
+	"refused: the backlog is bounded only by resetting the pair (a clamped receive window does not stop "
+	"the sender on this kernel; a reader stalled ~0.2 s is reset); see docs/architecture.md";
+
+/* ---- proxy-wide ---- */
+
+int sluice_sockmap_open(struct sluice_bpf *b, const struct sluice_config *cfg, struct sluice_sockmap **out,
+                        char *why, size_t whylen)
+{
+	struct sluice_sockmap *sm;
+	uint32_t i;
+
+	*out = NULL;
+	if (!getenv("SLUICE_SOCKMAP_EXPERIMENTAL") || strcmp(getenv("SLUICE_SOCKMAP_EXPERIMENTAL"), "1") != 0) {
+		snprintf(why, whylen, "%s", refusal);
+		return SLUICE_ERR;
+	}
+	sm = calloc(1, sizeof(*sm));
+	if (!sm) {
+		snprintf(why, whylen, "out of memory");
+		return SLUICE_ERR;
+	}
+	if (sluice_bpf_sockmap_handles(b, &sm->h, why, whylen) != SLUICE_OK) {
+		free(sm);
+		return SLUICE_ERR;
+	}
+	sm->soft_cap = cfg->bpf.sockmap_pair_cap;
+	sm->hard_cap = cfg->bpf.sockmap_hard_cap;
+	sm->free_slots = malloc(sm->h.n_pairs * sizeof(*sm->free_slots));
+	if (!sm->free_slots) {
+		free(sm);
+		snprintf(why, whylen, "out of memory");
+		return SLUICE_ERR;
+	}
+	for (i = 0; i < sm->h.n_pairs; i++)   /* slot 0 handed out first */
+		sm->free_slots[i] = sm->h.n_pairs - 1 - i;
+	sm->n_free = sm->h.n_pairs;
+	pthread_mutex_init(&sm->lock, NULL);
+	*out = sm;
+	return SLUICE_OK;
+}
+
+void sluice_sockmap_close(struct sluice_sockmap *sm)
+{
+	if (!sm)
+		return;
+	pthread_mutex_destroy(&sm->lock);
+	free(sm->free_slots);
+	free(sm);
+}
+
+static int slot_get(struct sluice_sockmap *sm, uint32_t *slot)
+{
+	int rc = SLUICE_ERR;
+
+	pthread_mutex_lock(&sm->lock);
+	if (sm->n_free > 0) {
+		*slot = sm->free_slots[--sm->n_free];
+		rc = SLUICE_OK;
+	}
+	pthread_mutex_unlock(&sm->lock);
+	return rc;
+}
+
+static void slot_put(struct sluice_sockmap *sm, uint32_t slot)
+{
+	pthread_mutex_lock(&sm->lock);
+	sm->free_slots[sm->n_free++] = slot;
+	pthread_mutex_unlock(&sm->lock);
+}
+
+/* ---- pair checks ---- */
+
+static void pair_close_now(struct sluice_sockmap_pair *p, enum sluice_relay_rc rc)
+{
+	struct sluice_conn *c = p->c;
+
+	if (rc == SLUICE_RELAY_DONE)
+		sluice_conn_close(c, "ok", NULL);
+	else if (rc == SLUICE_RELAY_ERR)
+		sluice_conn_close(c, c->result ? c->result : "error", NULL);
+}
+
+static void pair_on_timer(struct sluice_timer *t)
+{
+	struct sluice_sockmap_pair *p =
+		(struct sluice_sockmap_pair *)((char *)t - offsetof(struct sluice_sockmap_pair, timer));
+
+	pair_close_now(p, sluice_sockmap_pump(p->c));
+}
+
+/* Direction d's backlog as userspace sees it: redirected by the verdict,
+ * not yet in the destination's TCP write queue. */
+static int dir_backlog(struct sluice_sockmap_pair *p, int d, uint64_t *backlog)
+{
+	uint64_t red = load64(&pstate(p)->dir[d].redirected), w;
+
+	if (tcp_written(side_fd(p->c, d ^ 1), &w) < 0)
+		return -1;
+	w -= p->wbase[d ^ 1];
+	*backlog = red > w ? red - w : 0;
+	return 0;
+}
+
+/* Soft cap passed (ring event): clamp the source's receive window so its
+ * sender stops after what it may already send (about one window). */
+static void dir_clamp(struct sluice_sockmap_pair *p, int d)
+{
+	int fd = side_fd(p->c, d), one = 1;
+	socklen_t len = sizeof(p->orig_clamp[d]);
+
+	if (p->clamped[d])
+		return;
+	if (getsockopt(fd, IPPROTO_TCP, TCP_WINDOW_CLAMP, &p->orig_clamp[d], &len) < 0 ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_WINDOW_CLAMP, &one, sizeof(one)) < 0) {
+		/* The socket is failing; its event closes the pair.  The hard
+		 * cap still bounds the backlog meanwhile. */
+		return;
+	}
+	p->clamped[d] = true;
+	pstate(p)->dir[d].clamps++;
+}
+
+/* Unclamps once the backlog is under half the soft cap; then lets the
+ * verdict flag the direction again.  0 when still clamped. */
+static int dir_unclamp_check(struct sluice_sockmap_pair *p, int d)
+{
+	uint64_t bl;
+
+	if (!p->clamped[d])
+		return 1;
+	if (dir_backlog(p, d, &bl) < 0 || bl > p->sw->sm->soft_cap / 2)
+		return 0;
+	if (setsockopt(side_fd(p->c, d), IPPROTO_TCP, TCP_WINDOW_CLAMP, &p->orig_clamp[d],
+	               sizeof(p->orig_clamp[d])) < 0)
+		return 0;
+	p->clamped[d] = false;
+	__atomic_store_n(&pstate(p)->dir[d].soft, 0, __ATOMIC_RELEASE);
+	return 1;
+}
+
+/* Side d sent its FIN: once every byte it sent before it has been
+ * redirected (received - 1 for the FIN == redirected) and has reached the
+ * destination's TCP write queue, pass the FIN on.  Shutting down earlier
+ * would lose what the kernel still holds (design.md pitfall 3).
+ * SLUICE_OK (done or not yet: p->shut[d] says), SLUICE_ERR. */
+static int dir_finish(struct sluice_sockmap_pair *p, int d)
+{
+	struct sluice_conn *c = p->c;
+	uint64_t rx, red, w;
+	int dst = side_fd(c, d ^ 1);
+
+	if (p->shut[d] || !p->eof[d])
+		return SLUICE_OK;
+	red = load64(&pstate(p)->dir[d].redirected);
+	if (tcp_received(side_fd(c, d), &rx) < 0 || tcp_written(dst, &w) < 0)
+		return SLUICE_OK;   /* failing socket: its error event says why */
+	if (rx == 0 || rx - 1 != red || w - p->wbase[d ^ 1] < red)
+		return SLUICE_OK;
+	if (shutdown(dst, SHUT_WR) < 0 && errno != ENOTCONN) {
+		if (!c->result) {
+			c->result = d == 0 ? "upstream_error" : "client_error";
+			sluice_conn_detail(c, "%s shutdown: %s", d == 0 ? "upstream" : "client", strerror(errno));
+		}
+		return SLUICE_ERR;
+	}
+	p->shut[d] = true;
+	return SLUICE_OK;
+}
+
+static const char *dead_why(uint32_t why)
+{
+	switch (why) {
+	case SLUICE_BPF_DEAD_HARD_CAP: return "hard cap";
+	case SLUICE_BPF_DEAD_GLOBAL_CAP: return "global cap";
+	case SLUICE_BPF_DEAD_PEER_GONE: return "peer left the map";
+	default: return "unknown";
+	}
+}
+
+enum sluice_relay_rc sluice_sockmap_pump(struct sluice_conn *c)
+{
+	struct sluice_sockmap_pair *p = c->sockmap;
+	volatile struct sluice_bpf_pair *st = pstate(p);
+	struct pollfd pf[2];
+	bool wait = false;
+	int k;
+
+	if (load32(&st->state) == SLUICE_BPF_PAIR_DEAD) {
+		uint32_t dd = load32(&st->dead_dir) & 1;
+
+		p->reset = true;
+		if (!c->result) {
+			c->result = "sockmap_backlog";
+			sluice_conn_detail(c, "%s: %s backlog %u bytes (soft cap %llu, hard cap %llu)",
+			                   dead_why(load32(&st->dead_why)), dd == 0 ? "client->upstream" : "upstream->client",
+			                   load32(&st->dead_backlog), (unsigned long long)p->sw->sm->soft_cap,
+			                   (unsigned long long)p->sw->sm->hard_cap);
+		}
+		return SLUICE_RELAY_ERR;
+	}
+	/* Which sockets ended, without reading them (there is nothing to read:
+	 * the verdict took every byte). */
+	for (k = 0; k < 2; k++) {
+		pf[k].fd = side_fd(c, k);
+		pf[k].events = POLLRDHUP;
+		pf[k].revents = 0;
+	}
+	if (poll(pf, 2, 0) < 0 && errno != EINTR) {
+		c->result = "internal";
+		sluice_conn_detail(c, "poll: %s", strerror(errno));
+		return SLUICE_RELAY_ERR;
+	}
+	for (k = 0; k < 2; k++) {
+		if (pf[k].revents & (POLLERR | POLLHUP)) {
+			int err = 0;
+			socklen_t len = sizeof(err);
+
+			if (getsockopt(pf[k].fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+				err = errno;
+			if (err) {
+				/* One side reset: reset the other too, so its peer
+				 * cannot take a cut stream for a complete one. */
+				p->reset = true;
+				if (!c->result) {
+					c->result = k == 0 ? "client_error" : "upstream_error";
+					sluice_conn_detail(c, "%s read: %s", k == 0 ? "client" : "upstream", strerror(err));
+				}
+				return SLUICE_RELAY_ERR;
+			}
+		}
+		if (pf[k].revents & (POLLRDHUP | POLLHUP))
+			p->eof[k] = true;
+	}
+	for (k = 0; k < 2; k++) {
+		if (dir_finish(p, k) != SLUICE_OK) {
+			p->reset = true;
+			return SLUICE_RELAY_ERR;
+		}
+		if (p->eof[k] && !p->shut[k])
+			wait = true;
+		if (!dir_unclamp_check(p, k))
+			wait = true;
+	}
+	if (p->shut[0] && p->shut[1])
+		return SLUICE_RELAY_DONE;
+	if (wait) {
+		/* Nothing signals "the backlog drained": look again soon,
+		 * backing off to POLL_MAX_MS. */
+		unsigned ms = p->polls < 4 ? 1u << p->polls : POLL_MAX_MS;
+
+		p->polls++;
+		if (sluice_timer_set(c->w->loop, &p->timer, sluice_now_ms() + ms) < 0) {
+			c->result = "internal";
+			sluice_conn_detail(c, "cannot arm the sockmap timer: out of memory");
+			return SLUICE_RELAY_ERR;
+		}
+	} else {
+		p->polls = 0;
+		sluice_timer_cancel(c->w->loop, &p->timer);
+	}
+	return SLUICE_RELAY_WAIT;
+}
+
+void sluice_sockmap_touch(struct sluice_conn *c)
+{
+	struct sluice_sockmap_pair *p = c->sockmap;
+	uint64_t moved;
+
+	if (!p)
+		return;
+	moved = load64(&pstate(p)->dir[0].redirected) + load64(&pstate(p)->dir[1].redirected);
+	if (moved != p->seen) {
+		p->seen = moved;
+		c->last_active_ms = sluice_now_ms();
+	}
+}
+
+/* ---- ring buffer: the verdict's events for this worker ---- */
+
+static int ring_event(void *ctx, void *data, size_t len)
+{
+	struct sluice_sockmap_worker *sw = ctx;
+	const struct sluice_bpf_event *ev = data;
+	struct sluice_sockmap_pair *p;
+
+	if (len < sizeof(*ev) || ev->slot >= sw->sm->h.n_pairs)
+		return 0;
+	p = sw->by_slot[ev->slot];
+	if (!p || p->gen != ev->gen)
+		return 0;       /* a pair that has closed since */
+	if (ev->kind == SLUICE_BPF_EV_SOFT)
+		dir_clamp(p, (int)(ev->dir & 1));
+	/* Dead, clamped: the pump does the rest (reset, unclamp timer). */
+	pair_close_now(p, sluice_sockmap_pump(p->c));
+	return 0;
+}
+
+static void ring_on_event(struct sluice_io *io, uint32_t events)
+{
+	struct sluice_sockmap_worker *sw = (struct sluice_sockmap_worker *)io;
+
+	(void)events;
+	/* Consumes what is there; a negative return is a callback error,
+	 * which ring_event never returns. */
+	(void)ring_buffer__consume(sw->rb);
+}
+
+int sluice_sockmap_worker_init(struct sluice_sockmap *sm, struct sluice_worker *w)
+{
+	struct sluice_sockmap_worker *sw = calloc(1, sizeof(*sw));
+
+	if (!sw)
+		return SLUICE_ERR;
+	sw->sm = sm;
+	sw->w = w;
+	sw->id = w->id;
+	sw->ring_fd = -1;
+	sw->by_slot = calloc(sm->h.n_pairs, sizeof(*sw->by_slot));
+	if (!sw->by_slot || w->id >= SLUICE_BPF_MAX_WORKERS)
+		goto fail;
+	sw->ring_fd = bpf_map_create(BPF_MAP_TYPE_RINGBUF, "sluice_ring", 0, 0, SLUICE_BPF_RING_SIZE, NULL);
+	if (sw->ring_fd < 0)
+		goto fail;
+	if (bpf_map_update_elem(sm->h.rings_fd, &sw->id, &sw->ring_fd, BPF_ANY) < 0)
+		goto fail;
+	sw->rb = ring_buffer__new(sw->ring_fd, ring_event, sw, NULL);
+	if (!sw->rb)
+		goto fail;
+	sw->io.fd = sw->ring_fd;
+	sw->io.fn = ring_on_event;
+	if (sluice_loop_add(w->loop, &sw->io, EPOLLIN | EPOLLET) < 0)
+		goto fail;
+	w->sockmap = sw;
+	return SLUICE_OK;
+fail:
+	{
+		int e = errno;
+
+		if (sw->rb)
+			ring_buffer__free(sw->rb);
+		if (sw->ring_fd >= 0)
+			close(sw->ring_fd);
+		free(sw->by_slot);
+		free(sw);
+		errno = e;
+	}
+	return SLUICE_ERR;
+}
+
+void sluice_sockmap_worker_fini(struct sluice_worker *w)
+{
+	struct sluice_sockmap_worker *sw = w->sockmap;
+
+	if (!sw)
+		return;
+	sluice_loop_del(w->loop, &sw->io);
+	(void)bpf_map_delete_elem(sw->sm->h.rings_fd, &sw->id);
+	ring_buffer__free(sw->rb);
+	close(sw->ring_fd);
+	free(sw->by_slot);
+	free(sw);
+	w->sockmap = NULL;
+}
+
+/* ---- start and release ---- */
+
+static void maps_leave(struct sluice_sockmap_pair *p)
+{
+	const struct sluice_bpf_sockmap_handles *h = &p->sw->sm->h;
+	int k;
+
+	/* SOCKHASH first: no verdict runs on these sockets after this
+	 * (beyond one already running), then their records. */
+	for (k = 1; k >= 0; k--)
+		(void)bpf_map_delete_elem(h->socks_fd, &p->cookie[k]);
+	for (k = 0; k < 2; k++)
+		(void)bpf_map_delete_elem(h->sock_pair_fd, &p->cookie[k]);
+}
+
+int sluice_sockmap_start(struct sluice_conn *c)
+{
+	struct sluice_sockmap_worker *sw = c->w->sockmap;
+	struct sluice_sockmap *sm = sw->sm;
+	volatile struct sluice_bpf_pair *st;
+	struct sluice_sockmap_pair *p;
+	int k, rcvbuf = SOCKMAP_RCVBUF, lowat_max = INT_MAX, one = 1, inserted = 0;
+	uint32_t gen;
+
+	p = calloc(1, sizeof(*p));
+	if (!p)
+		return SLUICE_DECLINED;
+	p->c = c;
+	p->sw = sw;
+	sluice_timer_init(&p->timer, pair_on_timer);
+	if (slot_get(sm, &p->slot) != SLUICE_OK) {
+		free(p);
+		return SLUICE_DECLINED;
+	}
+	st = pstate(p);
+	for (k = 0; k < 2; k++) {
+		int fd = side_fd(c, k);
+		socklen_t len = sizeof(p->cookie[k]);
+		struct sluice_bpf_pair_sock ps = { .slot = p->slot, .side = (uint32_t)k };
+
+		/* SO_RCVLOWAT at its maximum keeps the kernel from running the
+		 * verdict on bytes that arrive while the pair is half inserted
+		 * (it would find no peer); the small SO_RCVBUF bounds what a
+		 * clamped sender can still push. */
+		if (getsockopt(fd, SOL_SOCKET, SO_COOKIE, &p->cookie[k], &len) < 0 ||
+		    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)) < 0 ||
+		    setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &lowat_max, sizeof(lowat_max)) < 0 ||
+		    tcp_written(fd, &p->wbase[k]) < 0 ||
+		    bpf_map_update_elem(sm->h.sock_pair_fd, &p->cookie[k], &ps, BPF_ANY) < 0)
+			goto undo;
+	}
+	/* The slot's record: counters from zero, then LIVE last. */
+	gen = st->gen + 1;
+	memset((void *)&st->dir, 0, sizeof(st->dir));
+	st->cookie[0] = p->cookie[0];
+	st->cookie[1] = p->cookie[1];
+	st->dead_why = st->dead_dir = st->dead_backlog = 0;
+	st->worker = sw->id;
+	st->gen = gen;
+	p->gen = gen;
+	__atomic_store_n(&st->state, SLUICE_BPF_PAIR_LIVE, __ATOMIC_RELEASE);
+	/* Upstream first, then the client (design.md pitfall 1): client
+	 * bytes already queued must find their peer in the map. */
+	for (k = 1; k >= 0; k--) {
+		uint64_t fd = (uint64_t)side_fd(c, k);
+
+		if (bpf_map_update_elem(sm->h.socks_fd, &p->cookie[k], &fd, BPF_NOEXIST) < 0)
+			goto undo;
+		inserted++;
+	}
+	sw->by_slot[p->slot] = p;
+	c->sockmap = p;
+	/* Only the end of the stream matters to us now: no wakeups for data
+	 * or write space, which the kernel handles. */
+	for (k = 0; k < 2; k++) {
+		struct sluice_side *s = k == 0 ? &c->client : &c->upstream;
+
+		sluice_loop_del(c->w->loop, &s->io);
+		if (sluice_loop_add(c->w->loop, &s->io, EPOLLRDHUP | EPOLLET) < 0) {
+			c->result = "internal";
+			sluice_conn_detail(c, "epoll: %s", strerror(errno));
+			return SLUICE_ERR;
+		}
+	}
+	/* The kick: bytes queued before the insert get their verdict now
+	 * instead of at the next arrival (design.md pitfall 1). */
+	for (k = 1; k >= 0; k--)
+		if (setsockopt(side_fd(c, k), SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one)) < 0) {
+			c->result = "internal";
+			sluice_conn_detail(c, "SO_RCVLOWAT: %s", strerror(errno));
+			return SLUICE_ERR;
+		}
+	return SLUICE_OK;
+undo:
+	{
+		int e = errno;
+		bool touched;
+
+		maps_leave(p);
+		/* A verdict may have run in between (the window was full
+		 * enough to override SO_RCVLOWAT): then bytes moved or were
+		 * dropped and splice can no longer take over. */
+		touched = inserted > 0 && (load64(&st->dir[0].redirected) || load64(&st->dir[1].redirected) ||
+		                           load64(&st->dir[0].dropped) || load64(&st->dir[1].dropped));
+		__atomic_store_n(&st->state, SLUICE_BPF_PAIR_FREE, __ATOMIC_RELEASE);
+		slot_put(sm, p->slot);
+		free(p);
+		for (k = 0; k < 2; k++)
+			(void)setsockopt(side_fd(c, k), SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
+		sluice_log(SLUICE_LOG_WARN, "sockmap", "cannot insert a pair: %s%s", strerror(e),
+		           touched ? "" : "; this connection uses splice");
+		if (touched) {
+			c->result = "internal";
+			sluice_conn_detail(c, "sockmap insert failed after bytes moved: %s", strerror(e));
+			return SLUICE_ERR;
+		}
+	}
+	return SLUICE_DECLINED;
+}
+
+void sluice_sockmap_release(struct sluice_conn *c)
+{
+	struct sluice_sockmap_pair *p = c->sockmap;
+	volatile struct sluice_bpf_pair *st;
+	struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+	int64_t bl;
+	int k;
+
+	if (!p)
+		return;
+	st = pstate(p);
+	sluice_timer_cancel(c->w->loop, &p->timer);
+	maps_leave(p);
+	c->c2u.bytes = load64(&st->dir[0].redirected);
+	c->u2c.bytes = load64(&st->dir[1].redirected);
+	/* What this pair still counted in the global backlog. */
+	bl = (int64_t)load32(&st->dir[0].backlog) + (int64_t)load32(&st->dir[1].backlog);
+	__atomic_fetch_sub(&p->sw->sm->h.global->backlog, bl, __ATOMIC_ACQ_REL);
+	__atomic_store_n(&st->state, SLUICE_BPF_PAIR_FREE, __ATOMIC_RELEASE);
+	/* A pair that died or failed ends with an RST both ways, so no peer
+	 * takes a cut stream for a complete one; other closes (timeouts,
+	 * drain) close as splice does. */
+	if (p->reset)
+		for (k = 0; k < 2; k++)
+			(void)setsockopt(side_fd(c, k), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	p->sw->by_slot[p->slot] = NULL;
+	slot_put(p->sw->sm, p->slot);
+	c->sockmap = NULL;
+	free(p);
+}
