@@ -556,6 +556,12 @@ static void conn_handshake(struct sluice_conn *c)
 		 * after application I/O.  Drop them now: an idle connection
 		 * should cost a few KiB, and a kTLS one never needs them. */
 		(void)SSL_free_buffers(c->client.ssl);
+		/* OpenSSL reads what the client sends: let it read ahead, so a
+		 * record costs one read() instead of two (header, then body).
+		 * Never with the kernel receiving: bytes OpenSSL read ahead
+		 * would be bytes the kernel never sees (design.md). */
+		if (!c->client.ktls_rx)
+			SSL_set_read_ahead(c->client.ssl, 1);
 		conn_connect_next(c);
 		return;
 	}
@@ -712,10 +718,10 @@ static void conn_relay_arm(struct sluice_conn *c)
 	conn_arm(c, idle < life ? idle : life);
 }
 
-static void conn_relay(struct sluice_conn *c)
+static void conn_relay(struct sluice_conn *c, unsigned flows)
 {
 	/* A sockmap pair's events are only ends of stream: sockmap.c. */
-	switch (c->sockmap ? sluice_sockmap_pump(c) : sluice_relay_pump(c)) {
+	switch (c->sockmap ? sluice_sockmap_pump(c) : sluice_relay_pump(c, flows)) {
 	case SLUICE_RELAY_WAIT:
 		return;
 	case SLUICE_RELAY_MORE:
@@ -759,17 +765,43 @@ static void conn_relay_start(struct sluice_conn *c)
 	conn_relay_arm(c);
 	/* Bytes may already be waiting (sent with the client's Finished, or
 	 * during the connect) and their edge has passed: pump now. */
-	conn_relay(c);
+	conn_relay(c, SLUICE_FLOW_BOTH);
 }
 
 /* ---- events and deadlines ---- */
+
+/* The flows an event on side s can move: the one it feeds if s is
+ * readable, and the one it drains if s is writable *and* that flow is
+ * stuck on a write (edge-triggered epoll reports EPOLLOUT with every
+ * wakeup of a writable socket, so writability alone says nothing).
+ * Skipping the other flow saves the read that would find it empty: one
+ * EAGAIN per wakeup.  0 events is a deferred pump (more to do, either
+ * way): both.  So is any event on a client whose records OpenSSL handles:
+ * SSL_read may wait to write (answering a KeyUpdate) and SSL_write to
+ * read, so readiness either way can unblock either flow. */
+static unsigned conn_event_flows(const struct sluice_conn *c, const struct sluice_side *s,
+                                 uint32_t events)
+{
+	const uint32_t in = EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR;
+	const uint32_t out = EPOLLOUT | EPOLLHUP | EPOLLERR;
+	bool client = s == &c->client;
+	const struct sluice_flow *drains = client ? &c->u2c : &c->c2u;
+	unsigned flows = 0;
+
+	if (events == 0 || (client && s->ssl && !(s->ktls_rx && s->ktls_tx)))
+		return SLUICE_FLOW_BOTH;
+	if (events & in)
+		flows |= client ? SLUICE_FLOW_C2U : SLUICE_FLOW_U2C;
+	if ((events & out) && sluice_flow_stuck(drains))
+		flows |= client ? SLUICE_FLOW_U2C : SLUICE_FLOW_C2U;
+	return flows;
+}
 
 static void conn_on_event(struct sluice_io *io, uint32_t events)
 {
 	struct sluice_side *s = (struct sluice_side *)io;
 	struct sluice_conn *c = s->conn;
 
-	(void)events;
 	switch (c->state) {
 	case SLUICE_CONN_HANDSHAKE:
 		if (s == &c->client)
@@ -781,7 +813,7 @@ static void conn_on_event(struct sluice_io *io, uint32_t events)
 			conn_connected(c);
 		return;
 	case SLUICE_CONN_RELAY:
-		conn_relay(c);
+		conn_relay(c, conn_event_flows(c, s, events));
 		return;
 	case SLUICE_CONN_CLOSED:
 		return;

@@ -197,7 +197,16 @@ enum sluice_relay_rc { SLUICE_RELAY_WAIT, SLUICE_RELAY_MORE, SLUICE_RELAY_DONE, 
 /* Moves bytes both ways until both would block (WAIT), a fairness budget is
  * spent (MORE: call again soon), both directions have ended (DONE), or a side
  * failed (ERR: c->result and c->detail say which and why). */
-enum sluice_relay_rc sluice_relay_pump(struct sluice_conn *c);
+/* Which flows an event can move: readable source or writable destination.
+ * Pumping only those saves the read that would find the other direction
+ * empty (one EAGAIN per wakeup). */
+#define SLUICE_FLOW_C2U  1u
+#define SLUICE_FLOW_U2C  2u
+#define SLUICE_FLOW_BOTH (SLUICE_FLOW_C2U | SLUICE_FLOW_U2C)
+enum sluice_relay_rc sluice_relay_pump(struct sluice_conn *c, unsigned flows);
+/* The flow holds bytes (or its end of stream) for a destination that was
+ * not writable: a writable event on that destination must pump it. */
+bool sluice_flow_stuck(const struct sluice_flow *f);
 /* Returns the flow's pipe/buffer to the worker's pools. */
 void sluice_relay_release(struct sluice_conn *c);
 void sluice_worker_pools_free(struct sluice_worker *w);

@@ -611,15 +611,29 @@ static int flow_pump(struct sluice_conn *c, struct sluice_flow *f)
 	return flow_copy(c, f);
 }
 
-enum sluice_relay_rc sluice_relay_pump(struct sluice_conn *c)
+bool sluice_flow_stuck(const struct sluice_flow *f)
+{
+	return f->in_pipe > 0 || (f->buf && f->off < f->len) || (f->src_eof && !f->dst_shut);
+}
+
+/* A flow not pumped this time stands where its last pump left it:
+ * finished, or waiting for its own event (a flow with more to do was
+ * deferred, and a deferred pump runs both). */
+static int flow_idle_state(const struct sluice_flow *f)
+{
+	return f->dst_shut ? SLUICE_DONE : SLUICE_AGAIN;
+}
+
+enum sluice_relay_rc sluice_relay_pump(struct sluice_conn *c, unsigned flows)
 {
 	int a, b;
 
 	/* The idle deadline needs the time of the last transfer, not of
 	 * every one: one clock read per pump instead of per splice. */
 	c->moved = false;
-	a = flow_pump(c, &c->c2u);
-	b = a == SLUICE_ERR ? SLUICE_ERR : flow_pump(c, &c->u2c);
+	a = flows & SLUICE_FLOW_C2U ? flow_pump(c, &c->c2u) : flow_idle_state(&c->c2u);
+	b = a == SLUICE_ERR ? SLUICE_ERR
+	  : flows & SLUICE_FLOW_U2C ? flow_pump(c, &c->u2c) : flow_idle_state(&c->u2c);
 	if (c->moved)
 		c->last_active_ms = sluice_now_ms();
 	if (a == SLUICE_ERR || b == SLUICE_ERR)
