@@ -239,9 +239,10 @@ static ssize_t side_read(struct sluice_conn *c, struct sluice_side *s, char *buf
 static ssize_t side_write(struct sluice_conn *c, struct sluice_side *s, const char *buf, size_t len);
 static int flow_ktls_record(struct sluice_conn *c, struct sluice_flow *f);
 
-/* A splice flow that cannot get a pipe reads one buffer instead; the
- * write side (flow_write_buf) is already shared with kTLS control
- * records.  SLUICE_OK to go on, SLUICE_AGAIN or SLUICE_ERR. */
+/* Reads one buffer from the flow's source: the copy datapath's read, and
+ * what a splice flow that cannot get a pipe does instead; the write side
+ * (flow_write_buf) is shared the same way.  SLUICE_OK to go on (data held,
+ * or src_eof set), SLUICE_AGAIN or SLUICE_ERR. */
 static int flow_read_buf(struct sluice_conn *c, struct sluice_flow *f)
 {
 	ssize_t n;
@@ -582,22 +583,9 @@ static int flow_copy(struct sluice_conn *c, struct sluice_flow *f)
 			continue;
 		if (f->src_eof)
 			return flow_shutdown_dst(c, f);
-		f->buf = buf_get(c->w);
-		if (!f->buf)
-			return flow_fail(c, f->src, "buffer", ENOMEM);
-		n = side_read(c, f->src, f->buf->data, sizeof(f->buf->data));
-		if (n > 0) {
-			f->off = 0;
-			f->len = (size_t)n;
-			continue;
-		}
-		buf_put(c->w, f->buf);
-		f->buf = NULL;
-		if (n == 0) {
-			f->src_eof = true;
-			continue;
-		}
-		return (int)n;
+		n = flow_read_buf(c, f);   /* data or EOF: the next round moves it */
+		if (n != SLUICE_OK)
+			return (int)n;
 	}
 	return SLUICE_OK;
 }
