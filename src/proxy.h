@@ -71,7 +71,7 @@ struct sluice_pipe {
 };
 
 /* A userspace relay buffer; held by a flow only while it carries bytes. */
-#define SLUICE_BUF_SIZE (16 * 1024)   /* one TLS record's plaintext */
+#define SLUICE_BUF_SIZE (64 * 1024)   /* four TLS records' plaintext: one send() for them */
 struct sluice_buf {
 	struct sluice_buf *next;
 	char data[SLUICE_BUF_SIZE];
