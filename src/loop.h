@@ -52,5 +52,8 @@ void sluice_timer_cancel(struct sluice_loop *l, struct sluice_timer *t);
  * later than the next timer), dispatch events, fire due timers.  Returns 0,
  * or -1 if epoll_wait failed for a reason other than EINTR. */
 int sluice_loop_run_once(struct sluice_loop *l, int max_wait_ms);
+/* The time (sluice_now_ms) read when the current wakeup began: the clock
+ * for anything that only needs millisecond accuracy inside a handler. */
+uint64_t sluice_loop_now(const struct sluice_loop *l);
 
 #endif

@@ -135,6 +135,7 @@ struct sluice_flow {
 	bool src_eof;                  /* src has no more bytes (FIN / close_notify) */
 	bool dst_shut;                 /* EOF passed on to dst: this direction is done */
 	bool splice;                   /* both ends are plain TCP or kTLS that way */
+	bool filling;                  /* kTLS receive: gathering records in the pipe */
 	uint64_t bytes;
 };
 

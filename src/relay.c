@@ -37,6 +37,7 @@
 
 #define FLOW_ROUNDS 16
 #define PIPE_SIZE (1024 * 1024)  /* a third less relay CPU than 64 KiB (design.md) */
+#define KTLS_FILL_BYTES (256 * 1024) /* records gathered before one splice out */
 #define MAX_FREE_BUFS 16         /* 1 MiB of 64 KiB buffers per worker */
 
 /* ---- pools: pipes and buffers, per worker, no locks ---- */
@@ -317,7 +318,10 @@ static int flow_splice(struct sluice_conn *c, struct sluice_flow *f)
 			return (int)n;
 		if (n > 0)
 			continue;
-		if (f->in_pipe > 0) {
+		/* A kTLS receive socket splices one record (<= 16 KiB) per call:
+		 * let those pile up in the pipe and move them out with one
+		 * splice, instead of one out per record in. */
+		if (f->in_pipe > 0 && !(f->filling && f->in_pipe < KTLS_FILL_BYTES)) {
 			n = splice(f->pipe->rfd, NULL, f->dst->io.fd, NULL, f->in_pipe,
 			           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
 			if (n > 0) {
@@ -334,14 +338,15 @@ static int flow_splice(struct sluice_conn *c, struct sluice_flow *f)
 			/* EPIPE / ECONNRESET: dst went away with bytes still owed to it. */
 			return flow_fail(c, f->dst, "write", n < 0 ? errno : EPIPE);
 		}
-		if (f->pipe) {
+		if (f->pipe && f->in_pipe == 0) {
 			/* Empty: give it back so an idle connection holds no pipe. */
 			pipe_put(c->w, f->pipe, true);
 			f->pipe = NULL;
 		}
 		if (f->src_eof)
 			return flow_shutdown_dst(c, f);
-		f->pipe = pipe_get(c->w);
+		if (!f->pipe)
+			f->pipe = pipe_get(c->w);
 		if (!f->pipe) {
 			int r;
 
@@ -354,10 +359,22 @@ static int flow_splice(struct sluice_conn *c, struct sluice_flow *f)
 				return r;
 			continue;
 		}
-		n = splice(f->src->io.fd, NULL, f->pipe->wfd, NULL, PIPE_SIZE,
+		if (f->in_pipe >= PIPE_SIZE) {   /* cannot happen (filling stops far below); never splice 0 */
+			f->filling = false;
+			continue;
+		}
+		n = splice(f->src->io.fd, NULL, f->pipe->wfd, NULL, PIPE_SIZE - f->in_pipe,
 		           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
 		if (n > 0) {
-			f->in_pipe = (size_t)n;
+			f->in_pipe += (size_t)n;
+			f->filling = f->src->ktls_rx;
+			continue;
+		}
+		/* What ends the filling (an empty socket, EOF, a control record:
+		 * each is still there on the next call) first sends out what the
+		 * pipe holds, so the bytes keep their order.  Errors fail now. */
+		if (f->in_pipe > 0 && (n == 0 || errno == EAGAIN || (errno == EINVAL && f->src->ktls_rx))) {
+			f->filling = false;
 			continue;
 		}
 		if (n == 0) {          /* FIN from src */
@@ -635,7 +652,7 @@ enum sluice_relay_rc sluice_relay_pump(struct sluice_conn *c, unsigned flows)
 	b = a == SLUICE_ERR ? SLUICE_ERR
 	  : flows & SLUICE_FLOW_U2C ? flow_pump(c, &c->u2c) : flow_idle_state(&c->u2c);
 	if (c->moved)
-		c->last_active_ms = sluice_now_ms();
+		c->last_active_ms = sluice_loop_now(c->w->loop);
 	if (a == SLUICE_ERR || b == SLUICE_ERR)
 		return SLUICE_RELAY_ERR;
 	if (a == SLUICE_DONE && b == SLUICE_DONE)
