@@ -56,7 +56,7 @@ static uint64_t entry_hash(const struct sluice_limits *l, unsigned client_idx, c
 static struct sluice_limit_ref *entry_find(struct sluice_limits *l, uint64_t h,
                                            unsigned client_idx, const char *name);
 static void entry_unlink(struct sluice_limits *l, struct sluice_limit_ref *e);
-static bool entry_idle(struct sluice_limits *l, struct sluice_limit_ref *e);
+static bool entry_retire(struct sluice_limits *l, struct sluice_limit_ref *e);
 static void table_grow(struct sluice_limits *l);
 static void table_sweep(struct sluice_limits *l, size_t chains);
 
@@ -194,11 +194,12 @@ static void entry_unlink(struct sluice_limits *l, struct sluice_limit_ref *e)
 	}
 }
 
-/* true when the entry carries no state and may be freed.  With BPF its
- * kernel slot must also be back at 0 active: a closed connection reaches
- * TCP_CLOSE a round trip after sluice let go of it, and until then the
- * slot is kept (the sweep comes back for it). */
-static bool entry_idle(struct sluice_limits *l, struct sluice_limit_ref *e)
+/* true when the entry carries no state and may be freed; with BPF it has
+ * then also given its kernel slot back (not a pure test: callers free the
+ * entry on true).  The slot must be back at 0 active first: a closed
+ * connection reaches TCP_CLOSE a round trip after sluice let go of it, and
+ * until then the slot is kept (the sweep comes back for it). */
+static bool entry_retire(struct sluice_limits *l, struct sluice_limit_ref *e)
 {
 	if (e->active != 0 || !sluice_bucket_full(&e->bucket, l->now_ms))
 		return false;
@@ -243,7 +244,7 @@ static void table_sweep(struct sluice_limits *l, size_t chains)
 		while (*pp != NULL) {
 			struct sluice_limit_ref *e = *pp;
 
-			if (entry_idle(l, e)) {
+			if (entry_retire(l, e)) {
 				*pp = e->next;
 				l->n_entries--;
 				free(e);
@@ -401,7 +402,7 @@ out:
 	err = errno;
 	pthread_mutex_lock(&l->lock);
 	e->active--;
-	if (entry_idle(l, e))
+	if (entry_retire(l, e))
 		entry_unlink(l, e);
 	pthread_mutex_unlock(&l->lock);
 	if (r == SLUICE_DECLINED)
@@ -419,7 +420,7 @@ void sluice_limits_release(struct sluice_limits *l, struct sluice_limit_ref *ref
 	pthread_mutex_lock(&l->lock);
 	if (ref->active > 0)
 		ref->active--;
-	if (entry_idle(l, ref))
+	if (entry_retire(l, ref))
 		entry_unlink(l, ref);
 	pthread_mutex_unlock(&l->lock);
 }
