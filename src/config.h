@@ -110,6 +110,7 @@ struct sluice_tls_cfg {
 	enum sluice_ktls_mode ktls; /* default auto */
 	bool tickets;               /* session resumption by tickets, default on */
 	uint64_t ticket_lifetime_ms; /* default 5 min */
+	size_t session_cache;       /* sessions kept for resumption, default 5000 */
 };
 
 struct sluice_config {

@@ -366,7 +366,7 @@ static int conn_admit(struct sluice_conn *c)
 	return 0;
 }
 
-/* Forgets an admission decided from a session ticket (and what it held),
+/* Forgets an admission decided from a cached session (and what it held),
  * so the full handshake that follows decides afresh from the certificate
  * the client presents. */
 static void conn_unadmit(struct sluice_conn *c)
@@ -384,46 +384,38 @@ static void conn_unadmit(struct sluice_conn *c)
 	c->result = NULL;
 }
 
-/* OpenSSL has decrypted a session ticket.  The verify callback does not run
- * for a resumed session, so admission runs here, on the certificate the
- * ticket carries: still within its validity period, not revoked by the CRL
+/* A client offered a cached session (a TLS 1.3 ticket or a TLS 1.2
+ * session ID; session.c found it).  The verify callback does not run for
+ * a resumed session, so admission runs here, on the certificate the
+ * session holds: still within its validity period, not revoked by the CRL
  * loaded now, then identity -> authorization -> limits as for a full
- * handshake.  Anything short of admitted ignores the ticket instead of
+ * handshake.  Anything short of admitted ignores the session instead of
  * failing: the client then does a full handshake, whose chain verification
  * and admission give the precise reason (an expired or revoked certificate,
  * an unauthorized identity, max_conns) and the alert.  A refused resumption
  * that was counted against conn_rate is counted again by the full
  * handshake: both were attempts. */
-SSL_TICKET_RETURN sluice_conn_ticket_cb(SSL *ssl, SSL_SESSION *sess, const unsigned char *keyname,
-                                        size_t keyname_len, SSL_TICKET_STATUS status, void *arg)
+int sluice_conn_resume_admit(SSL *ssl, SSL_SESSION *sess)
 {
 	struct sluice_conn *c = SSL_get_app_data(ssl);
-	X509 *peer;
+	X509 *peer = SSL_SESSION_get0_peer(sess);
 
-	(void)keyname;
-	(void)keyname_len;
-	(void)arg;
-	if (status == SSL_TICKET_FATAL_ERR_MALLOC || status == SSL_TICKET_FATAL_ERR_OTHER)
-		return SSL_TICKET_RETURN_ABORT;
-	if (status != SSL_TICKET_SUCCESS && status != SSL_TICKET_SUCCESS_RENEW)
-		return SSL_TICKET_RETURN_IGNORE_RENEW;   /* empty, or not ours: full handshake */
-	if (c && c->ticket_admitted)   /* the same ticket again, after a HelloRetryRequest */
-		return status == SSL_TICKET_SUCCESS_RENEW ? SSL_TICKET_RETURN_USE_RENEW : SSL_TICKET_RETURN_USE;
-	peer = sess ? SSL_SESSION_get0_peer(sess) : NULL;
+	if (c && c->ticket_admitted)   /* the same session again, after a HelloRetryRequest */
+		return 0;
 	if (!c || !peer || c->admitted || !sluice_tls_cert_current(peer) ||
 	    sluice_tls_revoked(SSL_get_SSL_CTX(ssl), peer))
-		return SSL_TICKET_RETURN_IGNORE_RENEW;
+		return -1;
 	if (sluice_identity_from_cert(&c->id, peer) < 0) {
 		conn_unadmit(c);
-		return SSL_TICKET_RETURN_IGNORE_RENEW;
+		return -1;
 	}
 	c->id_read = true;
 	if (conn_admit(c) < 0) {
 		conn_unadmit(c);
-		return SSL_TICKET_RETURN_IGNORE_RENEW;
+		return -1;
 	}
 	c->ticket_admitted = true;
-	return status == SSL_TICKET_SUCCESS_RENEW ? SSL_TICKET_RETURN_USE_RENEW : SSL_TICKET_RETURN_USE;
+	return 0;
 }
 
 /* Runs inside SSL_accept for each certificate of the client's chain.  At the
@@ -439,9 +431,9 @@ int sluice_conn_verify_cb(int preverify_ok, X509_STORE_CTX *ctx)
 	if (!c)
 		return 0;
 	depth = X509_STORE_CTX_get_error_depth(ctx);
-	/* A ticket was accepted, yet OpenSSL went on to a full handshake (the
-	 * ticket's suite did not fit): judge the certificate presented now,
-	 * not the one in the ticket. */
+	/* A cached session was accepted, yet OpenSSL went on to a full
+	 * handshake (its suite did not fit): judge the certificate presented
+	 * now, not the one in the session. */
 	if (depth == 0 && c->ticket_admitted)
 		conn_unadmit(c);
 	/* Read the leaf's names even when it fails verification, so the log
@@ -543,7 +535,7 @@ static void conn_handshake(struct sluice_conn *c)
 	r = SSL_accept(c->client.ssl);
 	if (r == 1) {
 		/* Admitted by the verify callback (full handshake) or by the
-		 * ticket callback (resumed); this guards the invariant. */
+		 * session cache's lookup (resumed); this guards the invariant. */
 		if (!c->admitted) {
 			sluice_conn_close(c, "unauthorized", "handshake completed without admission");
 			return;

@@ -401,7 +401,7 @@ int sluice_proxy_create(const char *config_path, struct sluice_proxy **out, char
 	if (config_has_mtls(cfg)) {
 		char why[160];
 
-		p->ssl_ctx = sluice_tls_server_ctx(&cfg->tls, sluice_conn_verify_cb, sluice_conn_ticket_cb,
+		p->ssl_ctx = sluice_tls_server_ctx(&cfg->tls, sluice_conn_verify_cb, sluice_conn_resume_admit,
 		                                   err, errlen);
 		if (!p->ssl_ctx)
 			goto fail;

@@ -168,7 +168,7 @@ struct sluice_conn {
 	char *id_name;                 /* "CN=alice": log name and limit key */
 	struct sluice_limit_ref *limit_ref;
 	bool admitted;
-	bool ticket_admitted;          /* admitted from a session ticket's certificate */
+	bool ticket_admitted;          /* admitted from a cached session's certificate */
 	bool resumed;                  /* the handshake resumed a session */
 
 	int server;                    /* index in the pool, -1 when none held */
@@ -188,8 +188,8 @@ void sluice_conn_detail(struct sluice_conn *c, const char *fmt, ...) __attribute
 /* proxy.c: out of fds; the listener stops accepting for a while. */
 void sluice_listener_fdlimit(struct sluice_listener *l, int err);
 int sluice_conn_verify_cb(int preverify_ok, X509_STORE_CTX *ctx);
-SSL_TICKET_RETURN sluice_conn_ticket_cb(SSL *ssl, SSL_SESSION *sess, const unsigned char *keyname,
-                                        size_t keyname_len, SSL_TICKET_STATUS status, void *arg);
+/* session.c's admit hook: 0 if this connection may resume sess. */
+int sluice_conn_resume_admit(SSL *ssl, SSL_SESSION *sess);
 
 void sluice_linger_free_all(struct sluice_worker *w);
 

@@ -38,7 +38,7 @@ static int load_crl(SSL_CTX *ctx, const char *path, char *err, size_t errlen)
 }
 
 SSL_CTX *sluice_tls_server_ctx(const struct sluice_tls_cfg *cfg, SSL_verify_cb verify_cb,
-                               SSL_CTX_decrypt_session_ticket_fn ticket_cb, char *err, size_t errlen)
+                               sluice_session_admit_fn admit, char *err, size_t errlen)
 {
 	static const unsigned char sid_ctx[] = "sluice";
 	STACK_OF(X509_NAME) *cas;
@@ -62,21 +62,24 @@ SSL_CTX *sluice_tls_server_ctx(const struct sluice_tls_cfg *cfg, SSL_verify_cb v
 	 * kernel offloads) wins. */
 	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE |
 	                         SSL_OP_NO_COMPRESSION);
-	/* Resumption by stateless tickets only: no server-side cache to size,
-	 * share between workers or leak.  The verify callback (which admits)
-	 * does not run for a resumed session, so ticket_cb admits those from
-	 * the certificate inside the ticket; one ticket per handshake (TLS 1.3
-	 * sends two by default) halves the cost of making them.  The ticket
-	 * key is OpenSSL's, random per process: a restart invalidates tickets. */
-	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+	/* Resumption through sluice's session cache (session.c: a stateless
+	 * ticket would carry the certificate in DER, and decoding it again
+	 * cost more than the rest of a resumed handshake).  SSL_OP_NO_TICKET
+	 * makes TLS 1.3 tickets stateful (they name a cache entry) and TLS 1.2
+	 * use session IDs.  The verify callback (which admits) does not run
+	 * for a resumed session, so the cache's lookup admits those from the
+	 * certificate the session holds; one ticket per handshake (TLS 1.3
+	 * sends two by default) halves the entries.  A restart empties the
+	 * cache. */
+	SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
 	SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof(sid_ctx) - 1);
 	if (cfg->tickets) {
 		SSL_CTX_set_num_tickets(ctx, 1);
 		SSL_CTX_set_timeout(ctx, (long)(cfg->ticket_lifetime_ms / 1000));
-		if (!SSL_CTX_set_session_ticket_cb(ctx, NULL, ticket_cb, NULL))
-			goto fail_ossl;
+		if (sluice_session_cache_attach(ctx, cfg->session_cache, admit, err, errlen) < 0)
+			goto fail;
 	} else {
-		SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+		SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 		SSL_CTX_set_num_tickets(ctx, 0);
 	}
 	/* Partial writes let the relay hand SSL_write whatever it has; moving

@@ -8,17 +8,18 @@
 #include <openssl/ssl.h>
 
 #include "config.h"
+#include "session.h"
 
 /* Builds the server context: TLS 1.2 minimum, renegotiation refused, client
  * certificate required and verified against tls.ca (with tls.crl when
  * given), verify_cb installed as the verify callback, and with tls.tickets
- * ticket_cb deciding whether a decrypted ticket may resume.  Returns NULL
+ * a session cache whose lookups admit() decides on.  Returns NULL
  * with a reason in err. */
 SSL_CTX *sluice_tls_server_ctx(const struct sluice_tls_cfg *cfg, SSL_verify_cb verify_cb,
-                               SSL_CTX_decrypt_session_ticket_fn ticket_cb, char *err, size_t errlen);
+                               sluice_session_admit_fn admit, char *err, size_t errlen);
 
-/* For a certificate carried in a session ticket (its chain was verified
- * when the ticket was made): is it on a CRL loaded from tls.crl now?  Is
+/* For a certificate held by a cached session (its chain was verified
+ * when the session was made): is it on a CRL loaded from tls.crl now?  Is
  * it inside its validity period now?  A lookup and two time compares, no
  * signature checks. */
 bool sluice_tls_revoked(SSL_CTX *ctx, X509 *cert);
