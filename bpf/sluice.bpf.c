@@ -11,7 +11,8 @@
  *       per-CPU datapath counters;
  *   sluice_sockmap_verdict (sk_skb/stream_verdict, on the sockmap_socks
  *       SOCKHASH) forwards the bytes of a sockmap pair to its peer, with
- *       the backlog caps (end of file).
+ *       the backlog caps (end of file); sluice_sockops also pauses a
+ *       sockmap source whose direction passed the soft cap.
  *
  * Counters are monotonic (opened, closed; active = opened - closed) and a
  * close is counted at most once per socket, claimed with an atomic exchange
@@ -84,7 +85,88 @@ struct {
 	__type(value, struct sluice_bpf_dp_stats);
 } datapath_stats SEC(".maps");
 
+/* ---- sockmap maps (the datapath itself is at the end) -------------------- */
+
+/* Only write_seq is read: CO-RE relocates the offset for the running kernel. */
+struct tcp_sock {
+	__u32 write_seq;
+} __attribute__((preserve_access_index));
+
+/* The sockets whose bytes are being redirected, keyed by socket cookie.
+ * The verdict program is attached to this map; a paused source is out of
+ * it (its data_ready is the plain TCP one again) but still in
+ * sockmap_peers. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 2 * SLUICE_BPF_MAX_PAIRS);
+	__type(key, __u64);
+	__type(value, __u64);
+} sockmap_socks SEC(".maps");
+
+/* Both sockets of every pair for the pair's whole life, no program.  Being
+ * in a second map keeps a socket's psock (and the redirected bytes queued
+ * on it for sending) when it leaves sockmap_socks: the kernel only drops a
+ * psock with its last map link.  Redirect targets are looked up here, since
+ * a paused destination is absent from sockmap_socks. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 2 * SLUICE_BPF_MAX_PAIRS);
+	__type(key, __u64);
+	__type(value, __u64);
+} sockmap_peers SEC(".maps");
+
+/* Which sockets may be paused, so only they get the header-option
+ * callback (it runs on every segment sent): key = local port of a sockmap
+ * listener (its accepted sockets); key 0 present = upstream sockets too
+ * (sluice cannot tell before connect which listener an upstream serves). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, __u32);
+} sockmap_ports SEC(".maps");
+
+/* Socket cookie -> its pair slot and side. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 2 * SLUICE_BPF_MAX_PAIRS);
+	__type(key, __u64);
+	__type(value, struct sluice_bpf_pair_sock);
+} sockmap_sock_pair SEC(".maps");
+
+/* Per pair: cookies, per-direction counters and backlog, state.  mmap'ed
+ * by userspace, readable with bpftool. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, SLUICE_BPF_MAX_PAIRS);
+	__type(key, __u32);
+	__type(value, struct sluice_bpf_pair);
+} sockmap_pairs SEC(".maps");
+
+/* Totals; mmap'ed by userspace (it subtracts a closed pair's backlog). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sluice_bpf_sockmap_global);
+} sockmap_global SEC(".maps");
+
 /* ---- sockops ------------------------------------------------------------- */
+
+/* A socket that may join a sockmap pair (a sockmap listener's port, or
+ * any upstream when key 0 is set): ask for BPF_SOCK_OPS_HDR_OPT_LEN_CB,
+ * the only callback that userspace can make run synchronously under the
+ * socket's lock (sockmap_pause).  It reserves no option space, so no
+ * option is ever written and segments are unchanged. */
+static __always_inline void sockmap_watch(struct bpf_sock_ops *ops, __u32 port)
+{
+	if (!bpf_map_lookup_elem(&sockmap_ports, &port))
+		return;
+	bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
+}
+
 
 /* The peer of ops as an upstream_servers key.  remote_port is in network
  * order in the upper half of the word on little-endian, hence ntohl. */
@@ -173,6 +255,7 @@ static __always_inline void upstream_established(struct bpf_sock_ops *ops)
 	u = bpf_map_lookup_elem(&upstream_conns, &s);
 	if (u)
 		__sync_fetch_and_add(&u->established, 1);
+	sockmap_watch(ops, 0);
 }
 
 /* TCP_CLOSE: count the close on whatever the socket was opened on, once.
@@ -212,6 +295,48 @@ static __always_inline void sock_closed(struct bpf_sock_ops *ops)
 	}
 }
 
+/* tcp_current_mss() on a watched socket (HDR_OPT_LEN_CB without an skb):
+ * if its direction asked for a pause, take the socket out of
+ * sockmap_socks.  That stops its verdict (the kernel restores the plain
+ * data_ready), so its bytes stay charged to its receive buffer and TCP
+ * closes its window: the sender stops.  It stays in sockmap_peers, so its
+ * psock and what is queued on it for sending live on.
+ *
+ * Why here: the delete must run under the socket's lock and outside
+ * tcp_read_skb().  A verdict running on another CPU reads the program per
+ * skb and drops the skb once it is gone, so a delete from userspace loses
+ * data; inside the socket's own data_ready the delete would run within
+ * the read loop.  tcp_current_mss() runs under the lock (from
+ * tcp_sendmsg_locked: userspace triggers it with a zero-length send, and
+ * from softirq transmit paths) and never inside tcp_read_skb(), whose ACKs
+ * carry an skb (args[0] 0), filtered out below. */
+static __always_inline void sockmap_pause(struct bpf_sock_ops *ops)
+{
+	struct sluice_bpf_pair_sock *me;
+	struct sluice_bpf_pair_dir *d;
+	struct sluice_bpf_pair *p;
+	__u64 cookie;
+	__u32 slot;
+
+	if (ops->args[0] != BPF_WRITE_HDR_TCP_CURRENT_MSS)
+		return;
+	cookie = bpf_get_socket_cookie(ops);
+	me = bpf_map_lookup_elem(&sockmap_sock_pair, &cookie);
+	if (!me)
+		return;
+	slot = me->slot;
+	p = bpf_map_lookup_elem(&sockmap_pairs, &slot);
+	if (!p)
+		return;
+	d = &p->dir[me->side & 1];
+	if (p->state != SLUICE_BPF_PAIR_LIVE || !d->soft || d->paused)
+		return;
+	if (bpf_map_delete_elem(&sockmap_socks, &cookie) == 0) {
+		d->pauses++;
+		*(volatile __u32 *)&d->paused = 1;
+	}
+}
+
 SEC("sockops")
 int sluice_sockops(struct bpf_sock_ops *ops)
 {
@@ -227,6 +352,10 @@ int sluice_sockops(struct bpf_sock_ops *ops)
 		 * listeners): watch its state so a tagged one is counted
 		 * closed whenever and however it dies. */
 		bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+		sockmap_watch(ops, ops->local_port);
+		break;
+	case BPF_SOCK_OPS_HDR_OPT_LEN_CB:
+		sockmap_pause(ops);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
 		if (ops->args[1] == TCP_CLOSE)
@@ -333,47 +462,6 @@ const volatile __u32 sockmap_soft_cap = 4 << 20;
 const volatile __u32 sockmap_hard_cap = 16 << 20;
 const volatile __u64 sockmap_global_cap = 256 << 20;
 
-/* Only write_seq is read: CO-RE relocates the offset for the running kernel. */
-struct tcp_sock {
-	__u32 write_seq;
-} __attribute__((preserve_access_index));
-
-/* Both sockets of every pair, keyed by socket cookie.  The verdict program
- * is attached to this map. */
-struct {
-	__uint(type, BPF_MAP_TYPE_SOCKHASH);
-	__uint(max_entries, 2 * SLUICE_BPF_MAX_PAIRS);
-	__type(key, __u64);
-	__type(value, __u64);
-} sockmap_socks SEC(".maps");
-
-/* Socket cookie -> its pair slot and side. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 2 * SLUICE_BPF_MAX_PAIRS);
-	__type(key, __u64);
-	__type(value, struct sluice_bpf_pair_sock);
-} sockmap_sock_pair SEC(".maps");
-
-/* Per pair: cookies, per-direction counters and backlog, state.  mmap'ed
- * by userspace, readable with bpftool. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__uint(max_entries, SLUICE_BPF_MAX_PAIRS);
-	__type(key, __u32);
-	__type(value, struct sluice_bpf_pair);
-} sockmap_pairs SEC(".maps");
-
-/* Totals; mmap'ed by userspace (it subtracts a closed pair's backlog). */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct sluice_bpf_sockmap_global);
-} sockmap_global SEC(".maps");
-
 /* One ring buffer per worker (filled in by the loader): an event wakes only
  * the worker that owns the pair, through its epoll. */
 struct sockmap_ring {
@@ -459,7 +547,7 @@ int sluice_sockmap_verdict(struct __sk_buff *skb)
 		return SK_DROP;
 	}
 	peer_cookie = p->cookie[dir ^ 1];
-	peer = bpf_map_lookup_elem(&sockmap_socks, &peer_cookie);
+	peer = bpf_map_lookup_elem(&sockmap_peers, &peer_cookie);
 	if (!peer) {
 		sockmap_kill(p, slot, SLUICE_BPF_DEAD_PEER_GONE, dir, d->backlog);
 		__sync_fetch_and_add(&d->dropped, len);
@@ -501,7 +589,7 @@ int sluice_sockmap_verdict(struct __sk_buff *skb)
 		__sync_fetch_and_add(&d->dropped, len);
 		return SK_DROP;
 	}
-	ret = bpf_sk_redirect_hash(skb, &sockmap_socks, &peer_cookie, 0);
+	ret = bpf_sk_redirect_hash(skb, &sockmap_peers, &peer_cookie, 0);
 	if (ret != SK_PASS) {
 		sockmap_kill(p, slot, SLUICE_BPF_DEAD_PEER_GONE, dir, backlog - len);
 		__sync_fetch_and_add(&d->dropped, len);

@@ -107,9 +107,12 @@ struct sluice_bpf_account_ctx {
 
 /* ---- sockmap datapath ------------------------------------------------------
  *
- * A pair is the client socket (side 0) and its upstream socket (side 1) in
- * the SOCKHASH sockmap_socks, keyed by socket cookie.  Direction d moves the
- * bytes side d receives to side d ^ 1 (0: client -> upstream).
+ * A pair is the client socket (side 0) and its upstream socket (side 1),
+ * keyed by socket cookie in two SOCKHASHes: sockmap_peers (no program) holds
+ * both for the pair's whole life, which keeps each socket's psock and its
+ * queued egress alive; sockmap_socks (the verdict program) holds a socket
+ * while its bytes are being redirected.  Direction d moves the bytes side d
+ * receives to side d ^ 1 (0: client -> upstream).
  *
  * The verdict program redirects to the peer's egress; the kernel parks
  * redirected bytes in the peer's psock queue until its TCP send buffer takes
@@ -117,8 +120,13 @@ struct sluice_bpf_account_ctx {
  * direction's backlog = bytes redirected - bytes that reached the peer's TCP
  * write queue (the peer's write_seq moved by that much since the first
  * redirect) is computed on every skb and capped:
- *   soft cap  the verdict flags the direction and wakes the owning worker
- *             (ring buffer), which clamps the source's receive window;
+ *   soft cap  the verdict flags the direction (pause requested) and wakes
+ *             the owning worker (ring buffer), which makes the sockops
+ *             program run under the source's socket lock (a zero-length
+ *             send); it takes the source out of sockmap_socks, so its bytes
+ *             stay in its receive queue and TCP flow control stops its
+ *             sender.  The worker puts it back once the backlog is under
+ *             half the soft cap;
  *   hard cap  the pair is marked dead and every later skb is dropped: the
  *             worker resets both sockets (so nothing is lost silently) and
  *             logs result "sockmap_backlog".
@@ -147,8 +155,11 @@ struct sluice_bpf_pair_dir {
 	__u32 seq_inited;           /* BPF: seq_base is set */
 	__u32 backlog;              /* BPF: backlog after the last skb (bytes) */
 	__u32 max_backlog;          /* BPF: the largest backlog seen */
-	__u32 soft;                 /* BPF 0->1 past the soft cap; userspace 1->0 when it unclamps */
-	__u32 clamps;               /* userspace: times the source's window was clamped */
+	__u32 soft;                 /* BPF 0->1 past the soft cap (pause requested); userspace 1->0 on resume */
+	__u32 paused;               /* sockops 0->1 when it took the source out of sockmap_socks;
+	                               userspace 1->0 just before it puts it back */
+	__u32 pauses;               /* sockops: times the source was paused */
+	__u32 pad;
 };
 
 /* sockmap_pairs[slot]: mmap'ed by userspace (BPF_F_MMAPABLE). */
@@ -177,7 +188,7 @@ struct sluice_bpf_sockmap_global {
 
 /* What the verdict tells the owning worker through its ring buffer. */
 enum sluice_bpf_event_kind {
-	SLUICE_BPF_EV_SOFT = 1,     /* direction passed the soft cap: clamp its source */
+	SLUICE_BPF_EV_SOFT = 1,     /* direction passed the soft cap: pause its source */
 	SLUICE_BPF_EV_DEAD = 2,     /* pair dead: reset it */
 };
 struct sluice_bpf_event {

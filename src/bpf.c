@@ -834,6 +834,8 @@ int sluice_bpf_sockmap_handles(const struct sluice_bpf *b, struct sluice_bpf_soc
 		return SLUICE_ERR;
 	}
 	out->socks_fd = bpf_map__fd(b->skel->maps.sockmap_socks);
+	out->peers_fd = bpf_map__fd(b->skel->maps.sockmap_peers);
+	out->ports_fd = bpf_map__fd(b->skel->maps.sockmap_ports);
 	out->sock_pair_fd = bpf_map__fd(b->skel->maps.sockmap_sock_pair);
 	out->rings_fd = bpf_map__fd(b->skel->maps.sockmap_rings);
 	out->pairs = b->pairs;

@@ -108,10 +108,12 @@ int sluice_bpf_datapath_read(const struct sluice_bpf *b, unsigned dp, struct slu
 /* ---- sockmap datapath (used by src/sockmap.c) ---- */
 
 /* What src/sockmap.c needs of the object: the SOCKHASH the verdict is
- * attached to, the cookie -> pair map, the per-worker ring buffers (an
- * ARRAY_OF_MAPS to fill) and the mmap'ed pair array and totals. */
+ * attached to, the prog-less SOCKHASH of every pair socket, the ports whose
+ * sockets may be paused, the cookie -> pair map, the per-worker ring
+ * buffers (an ARRAY_OF_MAPS to fill) and the mmap'ed pair array and
+ * totals. */
 struct sluice_bpf_sockmap_handles {
-	int socks_fd, sock_pair_fd, rings_fd;
+	int socks_fd, peers_fd, ports_fd, sock_pair_fd, rings_fd;
 	struct sluice_bpf_pair *pairs;
 	uint32_t n_pairs;
 	struct sluice_bpf_sockmap_global *global;

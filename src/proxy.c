@@ -512,7 +512,7 @@ static void log_startup(const struct sluice_proxy *p)
 		           p->sockmap_why);
 	else if (p->sockmap)
 		sluice_log(SLUICE_LOG_INFO, "sockmap",
-		           "datapath sockmap: backlog caps %llu bytes per direction (window clamp), %llu (reset), "
+		           "datapath sockmap: backlog caps %llu bytes per direction (source paused), %llu (reset), "
 		           "%llu in all", (unsigned long long)cfg->bpf.sockmap_pair_cap,
 		           (unsigned long long)cfg->bpf.sockmap_hard_cap, (unsigned long long)cfg->bpf.sockmap_global_cap);
 	/* Said once so operators know what the kernel is or is not doing. */

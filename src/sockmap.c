@@ -35,13 +35,14 @@
 
 /* Receive buffer of a sockmap socket.  The verdict empties the receive
  * queue as bytes arrive, so this only sizes the window a sender may have
- * in flight: the most a clamped source can still send is about one such
- * window, small next to the soft and hard caps.  On a LAN (tens of
- * microseconds of RTT) 128 KiB (the kernel doubles it) still allows
- * several GB/s. */
+ * in flight, and what a paused source holds before its window closes
+ * (about twice this: the kernel doubles it).  On a LAN (tens of
+ * microseconds of RTT) 128 KiB still allows several GB/s. */
 #define SOCKMAP_RCVBUF (128 * 1024)
-/* Longest pause between two looks at a pair that is clamped or draining. */
+/* Longest pause between two looks at a pair that is paused or draining. */
 #define POLL_MAX_MS 16
+/* Buffer of a direction's tail copy (see dir_tail). */
+#define TAIL_BUF (64 * 1024)
 
 struct sluice_sockmap {
 	struct sluice_bpf_sockmap_handles h;
@@ -66,12 +67,17 @@ struct sluice_sockmap_pair {
 	uint32_t slot, gen;
 	uint64_t cookie[2];
 	uint64_t wbase[2];             /* side k's acked + queued bytes at insert */
-	int orig_clamp[2];
-	bool clamped[2];               /* direction d's source window clamped */
 	bool eof[2];                   /* side k received a FIN */
 	bool shut[2];                  /* direction d done: FIN passed to side d ^ 1 */
 	bool reset;                    /* close both sockets with an RST */
-	struct sluice_timer timer;     /* while clamped or draining */
+	/* Direction d's tail: its source was paused and can no longer go
+	 * back into sockmap_socks (it is past ESTABLISHED: a FIN came while
+	 * paused, or we shut it), so userspace copies the rest (dir_tail). */
+	bool tail[2];
+	uint64_t tail_sent[2];         /* bytes the tail copy handed to the destination */
+	char *tail_buf[2];
+	size_t tail_len[2], tail_off[2];
+	struct sluice_timer timer;     /* while pausing, paused or draining */
 	unsigned polls;
 	uint64_t seen;                 /* redirected bytes at the last idle look */
 };
@@ -124,19 +130,12 @@ static uint32_t load32(volatile const __u32 *p)
 
 /* ---- policy ---- */
 
-/* Why the datapath is refused.  Measured on 6.18 (docs/architecture.md,
- * tests/net/sockmap.sh): memory is bounded by construction (the verdict's
- * hard cap resets the pair), but the soft cap's flow control does not
- * hold: with the source's window clamped, the sender still trickles a
- * clamp-sized segment per window update, about 100 MB/s on veth, so a
- * reader that stalls for ~0.2 s gets its connection reset at the 16 MiB
- * hard cap.  A datapath that resets slow readers is not one to offer;
- * until a flow control that stops the sender exists, sluice uses splice.
- * SLUICE_SOCKMAP_EXPERIMENTAL=1 in the environment lifts the refusal, for
- * the tests that document the behaviour. */
-static const char refusal[] =
-	"refused: the backlog is bounded only by resetting the pair (a clamped receive window does not stop "
-	"the sender on this kernel; a reader stalled ~0.2 s is reset); see docs/architecture.md";
+/* The datapath was refused while its only bound was resetting the pair (a
+ * clamped receive window did not stop the sender).  The pause
+ * (bpf/sluice.bpf.c sockmap_pause) stops it with TCP flow control, so the
+ * datapath is offered (opt-in).  SLUICE_SOCKMAP_REFUSE=1 in the
+ * environment refuses it again, for the test of the fallback. */
+static const char refusal[] = "refused by SLUICE_SOCKMAP_REFUSE=1";
 
 /* ---- proxy-wide ---- */
 
@@ -147,7 +146,7 @@ int sluice_sockmap_open(struct sluice_bpf *b, const struct sluice_config *cfg, s
 	uint32_t i;
 
 	*out = NULL;
-	if (!getenv("SLUICE_SOCKMAP_EXPERIMENTAL") || strcmp(getenv("SLUICE_SOCKMAP_EXPERIMENTAL"), "1") != 0) {
+	if (getenv("SLUICE_SOCKMAP_REFUSE") && strcmp(getenv("SLUICE_SOCKMAP_REFUSE"), "1") == 0) {
 		snprintf(why, whylen, "%s", refusal);
 		return SLUICE_ERR;
 	}
@@ -159,6 +158,25 @@ int sluice_sockmap_open(struct sluice_bpf *b, const struct sluice_config *cfg, s
 	if (sluice_bpf_sockmap_handles(b, &sm->h, why, whylen) != SLUICE_OK) {
 		free(sm);
 		return SLUICE_ERR;
+	}
+	/* The sockets that may be paused (sockmap_watch): accepted on a
+	 * sockmap listener's port, and upstreams (key 0). */
+	for (i = 0; i <= cfg->n_listeners; i++) {
+		uint32_t port = 0, one = 1;
+
+		if (i < cfg->n_listeners) {
+			const struct sluice_listener_cfg *l = &cfg->listeners[i];
+
+			if (l->datapath != SLUICE_DATAPATH_SOCKMAP)
+				continue;
+			/* sin_port and sin6_port sit at the same offset */
+			port = ntohs(((const struct sockaddr_in *)&l->sa.ss)->sin_port);
+		}
+		if (bpf_map_update_elem(sm->h.ports_fd, &port, &one, BPF_ANY) < 0) {
+			snprintf(why, whylen, "sockmap_ports: %s", strerror(errno));
+			free(sm);
+			return SLUICE_ERR;
+		}
 	}
 	sm->soft_cap = cfg->bpf.sockmap_pair_cap;
 	sm->hard_cap = cfg->bpf.sockmap_hard_cap;
@@ -238,40 +256,119 @@ static int dir_backlog(struct sluice_sockmap_pair *p, int d, uint64_t *backlog)
 	return 0;
 }
 
-/* Soft cap passed (ring event): clamp the source's receive window so its
- * sender stops after what it may already send (about one window). */
-static void dir_clamp(struct sluice_sockmap_pair *p, int d)
+/* Soft cap passed (ring event, and again at each look while the pause is
+ * pending): a zero-length send makes tcp_sendmsg_locked() call
+ * tcp_current_mss() under the source's socket lock, where the sockops
+ * program takes the source out of sockmap_socks (bpf/sluice.bpf.c
+ * sockmap_pause says why only there).  It sends nothing.  If it fails
+ * (the source already shut down for writing, so tcp_sendmsg refuses
+ * before it), the hard cap still bounds the backlog. */
+static void dir_pause(struct sluice_sockmap_pair *p, int d)
 {
-	int fd = side_fd(p->c, d), one = 1;
-	socklen_t len = sizeof(p->orig_clamp[d]);
+	volatile struct sluice_bpf_pair_dir *pd = &pstate(p)->dir[d];
 
-	if (p->clamped[d])
+	if (!load32(&pd->soft) || load32(&pd->paused))
 		return;
-	if (getsockopt(fd, IPPROTO_TCP, TCP_WINDOW_CLAMP, &p->orig_clamp[d], &len) < 0 ||
-	    setsockopt(fd, IPPROTO_TCP, TCP_WINDOW_CLAMP, &one, sizeof(one)) < 0) {
-		/* The socket is failing; its event closes the pair.  The hard
-		 * cap still bounds the backlog meanwhile. */
-		return;
-	}
-	p->clamped[d] = true;
-	pstate(p)->dir[d].clamps++;
+	(void)send(side_fd(p->c, d), NULL, 0, MSG_DONTWAIT | MSG_NOSIGNAL);
 }
 
-/* Unclamps once the backlog is under half the soft cap; then lets the
- * verdict flag the direction again.  0 when still clamped. */
-static int dir_unclamp_check(struct sluice_sockmap_pair *p, int d)
+/* Direction d's source cannot go back into sockmap_socks: from now on
+ * userspace copies its bytes (dir_tail), woken by both sockets' readiness.
+ * 0, or -1 (out of memory, epoll). */
+static int tail_start(struct sluice_sockmap_pair *p, int d)
 {
-	uint64_t bl;
+	struct sluice_conn *c = p->c;
+	int k;
 
-	if (!p->clamped[d])
+	p->tail_buf[d] = malloc(TAIL_BUF);
+	if (!p->tail_buf[d])
+		return -1;
+	p->tail[d] = true;
+	for (k = 0; k < 2; k++) {
+		struct sluice_side *s = k == 0 ? &c->client : &c->upstream;
+
+		sluice_loop_del(c->w->loop, &s->io);
+		if (sluice_loop_add(c->w->loop, &s->io, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* The tail copy of direction d.  It starts only once everything the
+ * verdict redirected has reached the destination's TCP write queue
+ * (backlog 0), so the copied bytes follow them in order; the verdict no
+ * longer runs on the source, so nothing else writes this direction.
+ * 1 caught up (source empty for now), 0 waiting (destination full or the
+ * backlog not drained yet), -1 socket error (errno). */
+static int dir_tail(struct sluice_sockmap_pair *p, int d)
+{
+	int src = side_fd(p->c, d), dst = side_fd(p->c, d ^ 1);
+	uint64_t bl;
+	ssize_t n;
+
+	if (dir_backlog(p, d, &bl) < 0)
+		return -1;
+	if (bl > 0)
+		return 0;
+	for (;;) {
+		if (p->tail_off[d] < p->tail_len[d]) {
+			n = send(dst, p->tail_buf[d] + p->tail_off[d], p->tail_len[d] - p->tail_off[d],
+			         MSG_DONTWAIT | MSG_NOSIGNAL);
+			if (n < 0)
+				/* EAGAIN: its send buffer is full, EPOLLOUT
+				 * (or the timer) comes back; else it failed. */
+				return errno == EAGAIN || errno == EINTR ? 0 : -1;
+			p->tail_off[d] += (size_t)n;
+			p->tail_sent[d] += (uint64_t)n;
+			continue;
+		}
+		n = recv(src, p->tail_buf[d], TAIL_BUF, MSG_DONTWAIT);
+		if (n < 0)
+			/* EAGAIN: nothing queued now; EPOLLIN comes back. */
+			return errno == EAGAIN || errno == EINTR ? 1 : -1;
+		if (n == 0)
+			return 1;       /* the FIN: dir_finish passes it on */
+		p->tail_len[d] = (size_t)n;
+		p->tail_off[d] = 0;
+	}
+}
+
+/* A direction that asked for a pause: resumes it once the backlog is under
+ * half the soft cap.  Flags first (so the sockops does not pause it again
+ * on the way), then back into sockmap_socks (the kernel takes the
+ * socket's lock for the update), then SO_RCVLOWAT, which runs the
+ * socket's data_ready: bytes queued while paused get their verdict now.
+ * They are in order: every byte of the direction goes through the
+ * destination's psock queue, none through userspace.
+ * 1 running, 0 still paused or pausing, -1 the socket cannot go back. */
+static int dir_resume_check(struct sluice_sockmap_pair *p, int d)
+{
+	volatile struct sluice_bpf_pair_dir *pd = &pstate(p)->dir[d];
+	uint64_t bl, fd = (uint64_t)side_fd(p->c, d);
+	int one = 1;
+
+	if (!load32(&pd->soft))
 		return 1;
-	if (dir_backlog(p, d, &bl) < 0 || bl > p->sw->sm->soft_cap / 2)
+	if (dir_backlog(p, d, &bl) < 0 || bl > p->sw->sm->soft_cap / 2) {
+		dir_pause(p, d);
 		return 0;
-	if (setsockopt(side_fd(p->c, d), IPPROTO_TCP, TCP_WINDOW_CLAMP, &p->orig_clamp[d],
-	               sizeof(p->orig_clamp[d])) < 0)
-		return 0;
-	p->clamped[d] = false;
-	__atomic_store_n(&pstate(p)->dir[d].soft, 0, __ATOMIC_RELEASE);
+	}
+	if (!load32(&pd->paused)) {
+		/* The pause never took (or is still to come): re-arm. */
+		__atomic_store_n(&pd->soft, 0, __ATOMIC_RELEASE);
+		return 1;
+	}
+	__atomic_store_n(&pd->paused, 0, __ATOMIC_RELEASE);
+	__atomic_store_n(&pd->soft, 0, __ATOMIC_RELEASE);
+	if (bpf_map_update_elem(p->sw->sm->h.socks_fd, &p->cookie[d], &fd, BPF_NOEXIST) < 0) {
+		/* EOPNOTSUPP: the kernel only inserts ESTABLISHED sockets, and
+		 * this one got its FIN while paused (or was shut down). */
+		if (errno != EOPNOTSUPP)
+			return -1;
+		return tail_start(p, d) < 0 ? -1 : 1;
+	}
+	if (setsockopt((int)fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one)) < 0)
+		return -1;
 	return 1;
 }
 
@@ -288,7 +385,11 @@ static int dir_finish(struct sluice_sockmap_pair *p, int d)
 
 	if (p->shut[d] || !p->eof[d])
 		return SLUICE_OK;
-	red = load64(&pstate(p)->dir[d].redirected);
+	/* Everything the source received went either through the verdict or
+	 * through the tail copy. */
+	red = load64(&pstate(p)->dir[d].redirected) + p->tail_sent[d];
+	if (p->tail[d] && p->tail_off[d] < p->tail_len[d])
+		return SLUICE_OK;
 	if (tcp_received(side_fd(c, d), &rx) < 0 || tcp_written(dst, &w) < 0)
 		return SLUICE_OK;   /* failing socket: its error event says why */
 	if (rx == 0 || rx - 1 != red || w - p->wbase[d ^ 1] < red)
@@ -369,14 +470,44 @@ enum sluice_relay_rc sluice_sockmap_pump(struct sluice_conn *c)
 			p->eof[k] = true;
 	}
 	for (k = 0; k < 2; k++) {
+		if (!p->tail[k] || p->shut[k])
+			continue;
+		switch (dir_tail(p, k)) {
+		case 0:
+			wait = true;
+			break;
+		case -1:
+			p->reset = true;
+			if (!c->result) {
+				c->result = "internal";
+				sluice_conn_detail(c, "sockmap tail copy %s: %s",
+				                   k == 0 ? "client->upstream" : "upstream->client", strerror(errno));
+			}
+			return SLUICE_RELAY_ERR;
+		}
+	}
+	for (k = 0; k < 2; k++) {
 		if (dir_finish(p, k) != SLUICE_OK) {
 			p->reset = true;
 			return SLUICE_RELAY_ERR;
 		}
 		if (p->eof[k] && !p->shut[k])
 			wait = true;
-		if (!dir_unclamp_check(p, k))
+		switch (dir_resume_check(p, k)) {
+		case 0:
 			wait = true;
+			break;
+		case -1:
+			/* Its bytes can no longer move: end it as a
+			 * failure, with an RST both ways. */
+			p->reset = true;
+			if (!c->result) {
+				c->result = "internal";
+				sluice_conn_detail(c, "sockmap resume of the %s failed: %s",
+				                   k == 0 ? "client" : "upstream", strerror(errno));
+			}
+			return SLUICE_RELAY_ERR;
+		}
 	}
 	if (p->shut[0] && p->shut[1])
 		return SLUICE_RELAY_DONE;
@@ -426,8 +557,8 @@ static int ring_event(void *ctx, void *data, size_t len)
 	if (!p || p->gen != ev->gen)
 		return 0;       /* a pair that has closed since */
 	if (ev->kind == SLUICE_BPF_EV_SOFT)
-		dir_clamp(p, (int)(ev->dir & 1));
-	/* Dead, clamped: the pump does the rest (reset, unclamp timer). */
+		dir_pause(p, (int)(ev->dir & 1));
+	/* Dead, pausing: the pump does the rest (reset, resume timer). */
 	pair_close_now(p, sluice_sockmap_pump(p->c));
 	return 0;
 }
@@ -506,10 +637,13 @@ static void maps_leave(struct sluice_sockmap_pair *p)
 	const struct sluice_bpf_sockmap_handles *h = &p->sw->sm->h;
 	int k;
 
-	/* SOCKHASH first: no verdict runs on these sockets after this
-	 * (beyond one already running), then their records. */
+	/* The verdict's SOCKHASH first: no verdict runs on these sockets
+	 * after this (beyond one already running), then the peers (the
+	 * psocks go with it), then their records. */
 	for (k = 1; k >= 0; k--)
 		(void)bpf_map_delete_elem(h->socks_fd, &p->cookie[k]);
+	for (k = 1; k >= 0; k--)
+		(void)bpf_map_delete_elem(h->peers_fd, &p->cookie[k]);
 	for (k = 0; k < 2; k++)
 		(void)bpf_map_delete_elem(h->sock_pair_fd, &p->cookie[k]);
 }
@@ -560,8 +694,16 @@ int sluice_sockmap_start(struct sluice_conn *c)
 	st->gen = gen;
 	p->gen = gen;
 	__atomic_store_n(&st->state, SLUICE_BPF_PAIR_LIVE, __ATOMIC_RELEASE);
-	/* Upstream first, then the client (design.md pitfall 1): client
-	 * bytes already queued must find their peer in the map. */
+	/* Both into sockmap_peers (the redirect targets, held for the pair's
+	 * life), then sockmap_socks, upstream first, then the client
+	 * (design.md pitfall 1): client bytes already queued must find their
+	 * peer. */
+	for (k = 1; k >= 0; k--) {
+		uint64_t fd = (uint64_t)side_fd(c, k);
+
+		if (bpf_map_update_elem(sm->h.peers_fd, &p->cookie[k], &fd, BPF_NOEXIST) < 0)
+			goto undo;
+	}
 	for (k = 1; k >= 0; k--) {
 		uint64_t fd = (uint64_t)side_fd(c, k);
 
@@ -632,8 +774,8 @@ void sluice_sockmap_release(struct sluice_conn *c)
 	st = pstate(p);
 	sluice_timer_cancel(c->w->loop, &p->timer);
 	maps_leave(p);
-	c->c2u.bytes = load64(&st->dir[0].redirected);
-	c->u2c.bytes = load64(&st->dir[1].redirected);
+	c->c2u.bytes = load64(&st->dir[0].redirected) + p->tail_sent[0];
+	c->u2c.bytes = load64(&st->dir[1].redirected) + p->tail_sent[1];
 	/* What this pair still counted in the global backlog. */
 	bl = (int64_t)load32(&st->dir[0].backlog) + (int64_t)load32(&st->dir[1].backlog);
 	__atomic_fetch_sub(&p->sw->sm->h.global->backlog, bl, __ATOMIC_ACQ_REL);
@@ -647,5 +789,7 @@ void sluice_sockmap_release(struct sluice_conn *c)
 	p->sw->by_slot[p->slot] = NULL;
 	slot_put(p->sw->sm, p->slot);
 	c->sockmap = NULL;
+	free(p->tail_buf[0]);
+	free(p->tail_buf[1]);
 	free(p);
 }

@@ -7,9 +7,11 @@
  * the bpf: section.  Userspace only:
  *   - watches each socket for the end (FIN, RST) and passes a FIN on once
  *     the kernel has moved every byte that came before it;
- *   - clamps a source's receive window when its direction's backlog passes
- *     the soft cap (woken by the worker's ring buffer), and unclamps it
- *     once the backlog is back under half of it;
+ *   - pauses a source when its direction's backlog passes the soft cap
+ *     (woken by the worker's ring buffer; the sockops program takes it out
+ *     of the verdict's SOCKHASH, so TCP flow control stops its sender),
+ *     and resumes it once the backlog is back under half of it; a source
+ *     that cannot go back (a FIN came while paused) has its tail copied;
  *   - resets a pair the verdict declared dead (hard or global cap) and
  *     logs result "sockmap_backlog".
  * docs/architecture.md has the reasoning and the kernel facts behind it. */
@@ -27,8 +29,8 @@ struct sluice_sockmap_pair;      /* per connection */
 
 /* Prepares the datapath on a loaded BPF object.  SLUICE_OK, or SLUICE_ERR
  * with the reason in why: the verdict could not be attached, or the
- * datapath is refused (today always, unless SLUICE_SOCKMAP_EXPERIMENTAL=1:
- * the soft cap does not stop a sender, see sockmap.c). */
+ * datapath is refused (SLUICE_SOCKMAP_REFUSE=1 in the environment, for
+ * the test of the fallback to splice). */
 int sluice_sockmap_open(struct sluice_bpf *b, const struct sluice_config *cfg, struct sluice_sockmap **out,
                         char *why, size_t whylen);
 void sluice_sockmap_close(struct sluice_sockmap *sm);
