@@ -554,6 +554,11 @@ static void conn_handshake(struct sluice_conn *c)
 		 * would be bytes the kernel never sees (design.md). */
 		if (!c->client.ktls_rx)
 			SSL_set_read_ahead(c->client.ssl, 1);
+		/* Sending through OpenSSL: one send() per batch of records
+		 * instead of per record.  Without it (no memory) each record
+		 * still goes out, one send() each. */
+		if (!c->client.ktls_tx)
+			(void)sluice_relay_gather_attach(c, &c->client);
 		conn_connect_next(c);
 		return;
 	}

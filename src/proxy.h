@@ -134,6 +134,7 @@ struct sluice_flow {
 	size_t off, len;
 	bool src_eof;                  /* src has no more bytes (FIN / close_notify) */
 	bool dst_shut;                 /* EOF passed on to dst: this direction is done */
+	bool close_notify_out;         /* SSL_shutdown done; gathered bytes still to send */
 	bool splice;                   /* both ends are plain TCP or kTLS that way */
 	bool filling;                  /* kTLS receive: gathering records in the pipe */
 	uint64_t bytes;
@@ -208,6 +209,10 @@ enum sluice_relay_rc sluice_relay_pump(struct sluice_conn *c, unsigned flows);
 /* The flow holds bytes (or its end of stream) for a destination that was
  * not writable: a writable event on that destination must pump it. */
 bool sluice_flow_stuck(const struct sluice_flow *f);
+/* After the handshake, for a TLS side that sends through OpenSSL: its
+ * records are gathered and sent with one send() (relay.c says why).
+ * -1 if the BIO could not be made; the connection works without it. */
+int sluice_relay_gather_attach(struct sluice_conn *c, struct sluice_side *s);
 /* Returns the flow's pipe/buffer to the worker's pools. */
 void sluice_relay_release(struct sluice_conn *c);
 void sluice_worker_pools_free(struct sluice_worker *w);

@@ -22,6 +22,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +40,9 @@
 #define PIPE_SIZE (1024 * 1024)  /* a third less relay CPU than 64 KiB (design.md) */
 #define KTLS_FILL_BYTES (256 * 1024) /* records gathered before one splice out */
 #define MAX_FREE_BUFS 16         /* 1 MiB of 64 KiB buffers per worker */
+/* Per-record overhead room: 4 records x (5 header + 8 explicit nonce (TLS
+ * 1.2) + 16 tag + 1 type (TLS 1.3)) = 120 bytes; 256 with margin. */
+#define GATHER_RECORD_SLACK 256
 
 /* ---- pools: pipes and buffers, per worker, no locks ---- */
 
@@ -186,10 +190,43 @@ static int flow_fail_tls(struct sluice_conn *c, struct sluice_side *s, const cha
 }
 
 /* Passes src's EOF on to dst: close_notify on a TLS side, FIN on TCP. */
+static int flow_flush_dst(struct sluice_conn *c, struct sluice_flow *f);
+
+/* SSL_shutdown has written our close_notify (into the gather BIO, which
+ * OpenSSL flushes but whose full socket it ignores): the flow is done once
+ * it is out.  A client that sent its own close_notify and left makes the
+ * send fail with EPIPE/ECONNRESET: a clean end, as in flow_shutdown_dst. */
+static int flow_close_notify_sent(struct sluice_conn *c, struct sluice_flow *f)
+{
+	BIO *b = SSL_get_wbio(f->dst->ssl);
+
+	if (!b || BIO_wpending(b) == 0 || BIO_flush(b) > 0) {
+		f->dst_shut = true;
+		return SLUICE_DONE;
+	}
+	if (BIO_should_retry(b))
+		return SLUICE_AGAIN;
+	if ((errno == EPIPE || errno == ECONNRESET) &&
+	    (SSL_get_shutdown(f->dst->ssl) & SSL_RECEIVED_SHUTDOWN)) {
+		f->dst->tls_broken = true;  /* nothing more goes out */
+		f->dst_shut = true;
+		return SLUICE_DONE;
+	}
+	return flow_fail(c, f->dst, "close_notify", errno ? errno : EIO);
+}
+
 static int flow_shutdown_dst(struct sluice_conn *c, struct sluice_flow *f)
 {
 	if (f->dst_shut)
 		return SLUICE_DONE;
+	if (f->close_notify_out)   /* our close_notify sits gathered behind a full socket */
+		return flow_close_notify_sent(c, f);
+	if (f->dst->ssl) {
+		int r = flow_flush_dst(c, f);   /* records still gathered go first */
+
+		if (r != SLUICE_OK)
+			return r;
+	}
 	if (f->dst->tls && !f->dst->tls_broken && f->dst->ssl) {
 		int r;
 
@@ -214,8 +251,12 @@ static int flow_shutdown_dst(struct sluice_conn *c, struct sluice_flow *f)
 			}
 			return flow_fail_tls(c, f->dst, "close_notify", r);
 		}
-		/* r == 0: our close_notify is out, the client's may follow; the
-		 * other flow keeps reading it (TLS half-close). */
+		/* r == 0: our close_notify is written, the client's may follow;
+		 * the other flow keeps reading it (TLS half-close).  OpenSSL
+		 * flushes its alert but ignores a full socket: send what is
+		 * still gathered before calling the flow done. */
+		f->close_notify_out = true;
+		return flow_close_notify_sent(c, f);
 	} else if (f->dst->tls && !f->dst->tls_broken) {
 		/* kTLS both ways and OpenSSL already gone: the kernel encrypts
 		 * our close_notify like any other record. */
@@ -232,6 +273,174 @@ static int flow_shutdown_dst(struct sluice_conn *c, struct sluice_flow *f)
 	}
 	f->dst_shut = true;
 	return SLUICE_DONE;
+}
+
+/* ---- userspace TLS sending: records gathered into one send() ----
+ *
+ * OpenSSL writes each TLS record (<= 16 KiB) to its BIO separately, so a
+ * socket BIO costs one send() per record: 62 per MB downloaded, each with
+ * its own trip through TCP and a wakeup of the receiver.  After the
+ * handshake, a connection whose sending stays in userspace gets this BIO
+ * as its write BIO instead: records are copied into a pooled 64 KiB buffer
+ * and go out with one send() when the flow has nothing more to encrypt
+ * (flow_flush_dst), when the buffer is full, or when OpenSSL flushes (a
+ * handshake message, an alert).  The buffer is held only while it holds
+ * bytes, so an idle connection pays ~100 bytes for the BIO.  Reads keep
+ * the socket BIO. */
+
+struct gather {
+	struct sluice_worker *w;
+	struct sluice_buf *buf;        /* NULL when empty */
+	size_t off, len;               /* unsent bytes: buf->data[off..len) */
+	int fd;
+};
+
+static BIO_METHOD *gather_method;
+
+/* Sends what is gathered: 1 when all of it is out (the buffer goes back
+ * to the pool), -1 with errno (EAGAIN: the socket is full; retry flag set
+ * for OpenSSL). */
+static int gather_send(BIO *b, struct gather *g)
+{
+	while (g->buf && g->off < g->len) {
+		ssize_t n = send(g->fd, g->buf->data + g->off, g->len - g->off, MSG_NOSIGNAL);
+
+		if (n > 0) {
+			g->off += (size_t)n;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN)
+			BIO_set_retry_write(b);
+		return -1;   /* EPIPE/ECONNRESET: OpenSSL reports SSL_ERROR_SYSCALL */
+	}
+	if (g->buf) {
+		buf_put(g->w, g->buf);
+		g->buf = NULL;
+		g->off = g->len = 0;
+	}
+	return 1;
+}
+
+static int gather_write(BIO *b, const char *in, int inl)
+{
+	struct gather *g = BIO_get_data(b);
+	ssize_t n;
+
+	BIO_clear_retry_flags(b);
+	if (inl <= 0)
+		return 0;
+	if (g->buf && (size_t)inl > sizeof(g->buf->data) - g->len && gather_send(b, g) < 0)
+		return -1;
+	if (!g->buf && (size_t)inl <= sizeof(g->buf->data))
+		g->buf = buf_get(g->w);
+	if (g->buf && (size_t)inl <= sizeof(g->buf->data) - g->len) {
+		memcpy(g->buf->data + g->len, in, (size_t)inl);
+		g->len += (size_t)inl;
+		return inl;
+	}
+	/* No buffer to be had (out of memory), or a write larger than one:
+	 * straight to the socket, nothing gathered is pending here. */
+	do
+		n = send(g->fd, in, (size_t)inl, MSG_NOSIGNAL);
+	while (n < 0 && errno == EINTR);
+	if (n < 0 && errno == EAGAIN)
+		BIO_set_retry_write(b);
+	return n < 0 ? -1 : (int)n;
+}
+
+static long gather_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+	struct gather *g = BIO_get_data(b);
+
+	(void)num;
+	(void)ptr;
+	switch (cmd) {
+	case BIO_CTRL_FLUSH:
+		BIO_clear_retry_flags(b);
+		return gather_send(b, g) > 0;
+	case BIO_CTRL_WPENDING:
+		return g->buf ? (long)(g->len - g->off) : 0;
+	case BIO_CTRL_PENDING:
+		return 0;
+	default:
+		return 0;   /* no kTLS, no fd queries: those go to the read BIO */
+	}
+}
+
+static int gather_destroy(BIO *b)
+{
+	struct gather *g = BIO_get_data(b);
+
+	if (g) {
+		/* Not buf_put: the connection may outlive its worker's pools
+		 * at shutdown.  Unsent bytes here belong to an aborted
+		 * connection. */
+		free(g->buf);
+		free(g);
+		BIO_set_data(b, NULL);
+	}
+	return 1;
+}
+
+static pthread_once_t gather_once = PTHREAD_ONCE_INIT;
+
+static void gather_method_init(void)
+{
+	BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "sluice gather");
+
+	if (m && BIO_meth_set_write(m, gather_write) && BIO_meth_set_ctrl(m, gather_ctrl) &&
+	    BIO_meth_set_destroy(m, gather_destroy)) {
+		gather_method = m;
+		return;
+	}
+	BIO_meth_free(m);
+}
+
+int sluice_relay_gather_attach(struct sluice_conn *c, struct sluice_side *s)
+{
+	struct gather *g;
+	BIO *b;
+
+	pthread_once(&gather_once, gather_method_init);
+	if (!gather_method)
+		return -1;
+	g = calloc(1, sizeof(*g));
+	b = g ? BIO_new(gather_method) : NULL;
+	if (!b) {
+		free(g);
+		return -1;
+	}
+	g->w = c->w;
+	g->fd = s->io.fd;
+	BIO_set_data(b, g);
+	BIO_set_init(b, 1);
+	SSL_set0_wbio(s->ssl, b);   /* the socket BIO stays the read BIO */
+	return 0;
+}
+
+/* Sends the records gathered for the flow's TLS destination.  SLUICE_OK
+ * when nothing is left, SLUICE_AGAIN (dst full: its EPOLLOUT resumes the
+ * flow, see sluice_flow_stuck) or SLUICE_ERR. */
+static int flow_flush_dst(struct sluice_conn *c, struct sluice_flow *f)
+{
+	BIO *b;
+
+	if (!f->dst->ssl || !(b = SSL_get_wbio(f->dst->ssl)) || BIO_wpending(b) == 0)
+		return SLUICE_OK;
+	if (BIO_flush(b) > 0)
+		return SLUICE_OK;
+	if (BIO_should_retry(b))
+		return SLUICE_AGAIN;
+	return flow_fail(c, f->dst, "write", errno ? errno : EIO);
+}
+
+static bool flow_dst_pending(const struct sluice_flow *f)
+{
+	BIO *b = f->dst->ssl ? SSL_get_wbio(f->dst->ssl) : NULL;
+
+	return b && BIO_wpending(b) > 0;
 }
 
 /* ---- splice: plain TCP to plain TCP ---- */
@@ -253,7 +462,11 @@ static int flow_read_buf(struct sluice_conn *c, struct sluice_flow *f)
 	f->buf = buf_get(c->w);
 	if (!f->buf)
 		return flow_fail(c, f->src, "buffer", ENOMEM);
-	n = side_read(c, f->src, f->buf->data, sizeof(f->buf->data));
+	/* For a TLS destination, a little less than a full buffer: its four
+	 * records' headers and tags must fit the gather buffer too, or the
+	 * fourth would cost a second send(). */
+	n = side_read(c, f->src, f->buf->data,
+	              sizeof(f->buf->data) - (f->dst->ssl ? GATHER_RECORD_SLACK : 0));
 	if (n > 0) {
 		f->off = 0;
 		f->len = (size_t)n;
@@ -600,11 +813,10 @@ static ssize_t side_write(struct sluice_conn *c, struct sluice_side *s, const ch
 
 static int flow_copy(struct sluice_conn *c, struct sluice_flow *f)
 {
+	ssize_t n;
 	int round;
 
 	for (round = 0; round < FLOW_ROUNDS; round++) {
-		ssize_t n;
-
 		n = flow_write_buf(c, f);
 		if (n < 0)
 			return (int)n;
@@ -612,11 +824,23 @@ static int flow_copy(struct sluice_conn *c, struct sluice_flow *f)
 			continue;
 		if (f->src_eof)
 			return flow_shutdown_dst(c, f);
+		/* Records still gathered go out before more plaintext is read:
+		 * a stalled reader then holds one gather buffer, not that plus
+		 * a read buffer plus OpenSSL's record buffer. */
+		n = flow_flush_dst(c, f);
+		if (n != SLUICE_OK)
+			return (int)n;
 		n = flow_read_buf(c, f);   /* data or EOF: the next round moves it */
+		if (n == SLUICE_AGAIN) {
+			/* src is empty: what was encrypted goes out now. */
+			n = flow_flush_dst(c, f);
+			return n == SLUICE_OK ? SLUICE_AGAIN : (int)n;
+		}
 		if (n != SLUICE_OK)
 			return (int)n;
 	}
-	return SLUICE_OK;
+	n = flow_flush_dst(c, f);
+	return n == SLUICE_OK ? SLUICE_OK : (int)n;
 }
 
 static int flow_pump(struct sluice_conn *c, struct sluice_flow *f)
@@ -630,7 +854,8 @@ static int flow_pump(struct sluice_conn *c, struct sluice_flow *f)
 
 bool sluice_flow_stuck(const struct sluice_flow *f)
 {
-	return f->in_pipe > 0 || (f->buf && f->off < f->len) || (f->src_eof && !f->dst_shut);
+	return f->in_pipe > 0 || (f->buf && f->off < f->len) || (f->src_eof && !f->dst_shut) ||
+	       flow_dst_pending(f);
 }
 
 /* A flow not pumped this time stands where its last pump left it:
