@@ -118,9 +118,12 @@ valgrind: $(UNITS)
 SOAK_SECONDS ?= 600
 # Churn of good, refused and garbage clients through one sluice for
 # SOAK_SECONDS, then: no byte mismatch, RSS and fds back to the baseline,
-# counters back to zero (tests/soak/run.sh prints the figures).
+# counters back to zero (tests/soak/run.sh prints the figures); then the
+# sockmap datapath's integrity soak, 50 x 1 GiB with random reader stalls
+# (tests/net/sockmap.sh t_55; about 20-30 min).
 soak: all
 	tests/soak/run.sh $(BUILD)/sluice $(SOAK_SECONDS)
+	SM_SOAK_N=50 SM_SOAK_SIZE=1073741824 timeout 3600 tests/net/run.sh $(BUILD)/sluice t_55_sockmap_integrity_with_random_stalls
 # The same under ASan+UBSan with the atomics (bpf off): a sanitizer report,
 # a leak or a counter left above zero fails it.
 soak-asan: all $(BUILD)/asan/sluice

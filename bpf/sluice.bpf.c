@@ -318,7 +318,11 @@ static __always_inline void sockmap_pause(struct bpf_sock_ops *ops)
 	__u64 cookie;
 	__u32 slot;
 
-	if (ops->args[0] != BPF_WRITE_HDR_TCP_CURRENT_MSS)
+	/* Only an ESTABLISHED source: one past it (FIN received, or shut
+	 * down by sluice) could not be put back into sockmap_socks, and
+	 * pausing one that sluice had shut down lost bytes in
+	 * tests/net/sockmap.sh t_51 (docs/architecture.md). */
+	if (ops->args[0] != BPF_WRITE_HDR_TCP_CURRENT_MSS || ops->state != BPF_TCP_ESTABLISHED)
 		return;
 	cookie = bpf_get_socket_cookie(ops);
 	me = bpf_map_lookup_elem(&sockmap_sock_pair, &cookie);

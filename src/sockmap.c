@@ -130,12 +130,21 @@ static uint32_t load32(volatile const __u32 *p)
 
 /* ---- policy ---- */
 
-/* The datapath was refused while its only bound was resetting the pair (a
- * clamped receive window did not stop the sender).  The pause
- * (bpf/sluice.bpf.c sockmap_pause) stops it with TCP flow control, so the
- * datapath is offered (opt-in).  SLUICE_SOCKMAP_REFUSE=1 in the
- * environment refuses it again, for the test of the fallback. */
-static const char refusal[] = "refused by SLUICE_SOCKMAP_REFUSE=1";
+/* Why the datapath is still refused (docs/architecture.md, "The sockmap
+ * datapath").  The pause holds a stalled reader with TCP flow control and
+ * every stall test ends byte-exact, but tests/net/sockmap.sh t_51 once
+ * showed loss: the client's direction paused, then sluice shut the client
+ * socket down (the upstream had finished), and the 248-257 KiB the socket
+ * received after that were consumed by the kernel (SIOCINQ 0) without
+ * passing the verdict, in 6 runs of 20 (caught by the tail copy's guard as
+ * a reset).  A paused source is no longer shut down (dir_finish) and that
+ * made 20 runs of 20 pass, but the kernel path that consumed the bytes is
+ * not understood, so sluice splices until it is.
+ * SLUICE_SOCKMAP_EXPERIMENTAL=1 in the environment lifts the refusal, for
+ * the tests. */
+static const char refusal[] =
+	"refused: a paused socket shut down for writing lost received bytes in testing (cause not understood; "
+	"reset by a guard, never delivered corrupt); see docs/architecture.md";
 
 /* ---- proxy-wide ---- */
 
@@ -146,7 +155,7 @@ int sluice_sockmap_open(struct sluice_bpf *b, const struct sluice_config *cfg, s
 	uint32_t i;
 
 	*out = NULL;
-	if (getenv("SLUICE_SOCKMAP_REFUSE") && strcmp(getenv("SLUICE_SOCKMAP_REFUSE"), "1") == 0) {
+	if (!getenv("SLUICE_SOCKMAP_EXPERIMENTAL") || strcmp(getenv("SLUICE_SOCKMAP_EXPERIMENTAL"), "1") != 0) {
 		snprintf(why, whylen, "%s", refusal);
 		return SLUICE_ERR;
 	}
@@ -243,11 +252,12 @@ static void pair_on_timer(struct sluice_timer *t)
 	pair_close_now(p, sluice_sockmap_pump(p->c));
 }
 
-/* Direction d's backlog as userspace sees it: redirected by the verdict,
- * not yet in the destination's TCP write queue. */
+/* Direction d's backlog as userspace sees it: redirected by the verdict
+ * (or copied by userspace), not yet in the destination's TCP write
+ * queue. */
 static int dir_backlog(struct sluice_sockmap_pair *p, int d, uint64_t *backlog)
 {
-	uint64_t red = load64(&pstate(p)->dir[d].redirected), w;
+	uint64_t red = load64(&pstate(p)->dir[d].redirected) + p->tail_sent[d], w;
 
 	if (tcp_written(side_fd(p->c, d ^ 1), &w) < 0)
 		return -1;
@@ -272,17 +282,83 @@ static void dir_pause(struct sluice_sockmap_pair *p, int d)
 	(void)send(side_fd(p->c, d), NULL, 0, MSG_DONTWAIT | MSG_NOSIGNAL);
 }
 
+/* The tail copy of direction d (paused source -> destination), for a
+ * source that cannot go back into sockmap_socks.  Only while it is out of
+ * sockmap_socks (no verdict runs for d) and its backlog is 0 (everything
+ * redirected is in the destination's TCP write queue), so the copied bytes
+ * follow the redirected ones in order.
+ *
+ * copy_flush: sends what the buffer holds.  1 empty, 0 the destination is
+ * full (EAGAIN), -1 error (errno). */
+static int copy_flush(struct sluice_sockmap_pair *p, int d)
+{
+	volatile struct sluice_bpf_pair_dir *pd = &pstate(p)->dir[d];
+	ssize_t n;
+
+	while (p->tail_off[d] < p->tail_len[d]) {
+		n = send(side_fd(p->c, d ^ 1), p->tail_buf[d] + p->tail_off[d], p->tail_len[d] - p->tail_off[d],
+		         MSG_DONTWAIT | MSG_NOSIGNAL);
+		if (n < 0)
+			/* EAGAIN: its send buffer is full; EPOLLOUT or the
+			 * timer brings us back.  Else the socket failed. */
+			return errno == EAGAIN || errno == EINTR ? 0 : -1;
+		p->tail_off[d] += (size_t)n;
+		p->tail_sent[d] += (uint64_t)n;
+		/* The verdict's backlog is redirected - (peer write_seq -
+		 * seq_base): bytes that moved the peer's write_seq without
+		 * being redirected move the origin too.  No verdict of
+		 * direction d runs now (its source is out of the map). */
+		pd->seq_base += (uint32_t)n;
+	}
+	return 1;
+}
+
+/* copy_fill: one recv from the source into the empty buffer.
+ *
+ * Reading a socket the verdict has read is fragile on 6.18: a resume that
+ * copied a first chunk by recv() before re-inserting (to make the source
+ * announce its reopened window at once) hit "TCP recvmsg seq # bug 2"
+ * warnings (skbs left in the receive queue below copied_seq) and
+ * duplicated 229,376 bytes in one 512 MiB run.  So recv() is only used for
+ * the tail, and only while the kernel's count of unread bytes (SIOCINQ,
+ * rcv_nxt - copied_seq) is exactly what our own accounting says is left
+ * (received - redirected - copied, less the FIN); otherwise the pair is
+ * reset (errno EPROTO), never corrupted.  >0 bytes, 0 EOF, -2 nothing
+ * queued (EAGAIN), -1 error (errno). */
+static ssize_t copy_fill(struct sluice_sockmap_pair *p, int d)
+{
+	uint64_t rx, want;
+	int fd = side_fd(p->c, d), inq = 0;
+	ssize_t n;
+
+	if (!p->tail_buf[d] && !(p->tail_buf[d] = malloc(TAIL_BUF)))
+		return -1;
+	if (tcp_received(fd, &rx) < 0 || ioctl(fd, SIOCINQ, &inq) < 0)
+		return -1;
+	want = rx - load64(&pstate(p)->dir[d].redirected) - p->tail_sent[d];
+	/* bytes_received counts a FIN, SIOCINQ does not: one off is fine. */
+	if ((uint64_t)inq != want && (uint64_t)inq + 1 != want) {
+		errno = EPROTO;
+		sluice_conn_detail(p->c, "sockmap tail: the kernel has %d bytes unread, sluice counts %llu", inq,
+		                   (unsigned long long)want);
+		return -1;
+	}
+	n = recv(fd, p->tail_buf[d], TAIL_BUF, MSG_DONTWAIT);
+	if (n < 0)
+		return errno == EAGAIN || errno == EINTR ? -2 : -1;
+	p->tail_len[d] = (size_t)n;
+	p->tail_off[d] = 0;
+	return n;
+}
+
 /* Direction d's source cannot go back into sockmap_socks: from now on
  * userspace copies its bytes (dir_tail), woken by both sockets' readiness.
- * 0, or -1 (out of memory, epoll). */
+ * 0, or -1 (epoll). */
 static int tail_start(struct sluice_sockmap_pair *p, int d)
 {
 	struct sluice_conn *c = p->c;
 	int k;
 
-	p->tail_buf[d] = malloc(TAIL_BUF);
-	if (!p->tail_buf[d])
-		return -1;
 	p->tail[d] = true;
 	for (k = 0; k < 2; k++) {
 		struct sluice_side *s = k == 0 ? &c->client : &c->upstream;
@@ -294,53 +370,39 @@ static int tail_start(struct sluice_sockmap_pair *p, int d)
 	return 0;
 }
 
-/* The tail copy of direction d.  It starts only once everything the
- * verdict redirected has reached the destination's TCP write queue
- * (backlog 0), so the copied bytes follow them in order; the verdict no
- * longer runs on the source, so nothing else writes this direction.
- * 1 caught up (source empty for now), 0 waiting (destination full or the
- * backlog not drained yet), -1 socket error (errno). */
+/* The tail copy of direction d.  1 caught up (source empty for now or at
+ * EOF), 0 waiting (destination full or the backlog not drained yet),
+ * -1 socket error (errno). */
 static int dir_tail(struct sluice_sockmap_pair *p, int d)
 {
-	int src = side_fd(p->c, d), dst = side_fd(p->c, d ^ 1);
 	uint64_t bl;
 	ssize_t n;
+	int r;
 
 	if (dir_backlog(p, d, &bl) < 0)
 		return -1;
 	if (bl > 0)
 		return 0;
 	for (;;) {
-		if (p->tail_off[d] < p->tail_len[d]) {
-			n = send(dst, p->tail_buf[d] + p->tail_off[d], p->tail_len[d] - p->tail_off[d],
-			         MSG_DONTWAIT | MSG_NOSIGNAL);
-			if (n < 0)
-				/* EAGAIN: its send buffer is full, EPOLLOUT
-				 * (or the timer) comes back; else it failed. */
-				return errno == EAGAIN || errno == EINTR ? 0 : -1;
-			p->tail_off[d] += (size_t)n;
-			p->tail_sent[d] += (uint64_t)n;
-			continue;
-		}
-		n = recv(src, p->tail_buf[d], TAIL_BUF, MSG_DONTWAIT);
-		if (n < 0)
-			/* EAGAIN: nothing queued now; EPOLLIN comes back. */
-			return errno == EAGAIN || errno == EINTR ? 1 : -1;
-		if (n == 0)
-			return 1;       /* the FIN: dir_finish passes it on */
-		p->tail_len[d] = (size_t)n;
-		p->tail_off[d] = 0;
+		if ((r = copy_flush(p, d)) != 1)
+			return r;
+		n = copy_fill(p, d);
+		if (n == -1)
+			return -1;
+		if (n <= 0)
+			return 1;       /* EAGAIN: EPOLLIN comes back; 0: the FIN, dir_finish passes it on */
 	}
 }
 
 /* A direction that asked for a pause: resumes it once the backlog is under
  * half the soft cap.  Flags first (so the sockops does not pause it again
- * on the way), then back into sockmap_socks (the kernel takes the
- * socket's lock for the update), then SO_RCVLOWAT, which runs the
- * socket's data_ready: bytes queued while paused get their verdict now.
- * They are in order: every byte of the direction goes through the
- * destination's psock queue, none through userspace.
- * 1 running, 0 still paused or pausing, -1 the socket cannot go back. */
+ * on the way), then back into sockmap_socks (the kernel takes the socket's
+ * lock for the update), then SO_RCVLOWAT, which runs the socket's
+ * data_ready: bytes queued while paused get their verdict now.  In order:
+ * every byte of the direction goes through the destination's psock queue,
+ * none through userspace.  A source that cannot go back (past
+ * ESTABLISHED) has its tail copied, once the backlog is 0.
+ * 1 running, 0 still paused or pausing, -1 error (errno). */
 static int dir_resume_check(struct sluice_sockmap_pair *p, int d)
 {
 	volatile struct sluice_bpf_pair_dir *pd = &pstate(p)->dir[d];
@@ -349,15 +411,19 @@ static int dir_resume_check(struct sluice_sockmap_pair *p, int d)
 
 	if (!load32(&pd->soft))
 		return 1;
-	if (dir_backlog(p, d, &bl) < 0 || bl > p->sw->sm->soft_cap / 2) {
-		dir_pause(p, d);
-		return 0;
-	}
+	if (dir_backlog(p, d, &bl) < 0)
+		return -1;
 	if (!load32(&pd->paused)) {
+		if (bl > p->sw->sm->soft_cap / 2) {
+			dir_pause(p, d);
+			return 0;
+		}
 		/* The pause never took (or is still to come): re-arm. */
 		__atomic_store_n(&pd->soft, 0, __ATOMIC_RELEASE);
 		return 1;
 	}
+	if (bl > p->sw->sm->soft_cap / 2)
+		return 0;
 	__atomic_store_n(&pd->paused, 0, __ATOMIC_RELEASE);
 	__atomic_store_n(&pd->soft, 0, __ATOMIC_RELEASE);
 	if (bpf_map_update_elem(p->sw->sm->h.socks_fd, &p->cookie[d], &fd, BPF_NOEXIST) < 0) {
@@ -388,11 +454,17 @@ static int dir_finish(struct sluice_sockmap_pair *p, int d)
 	/* Everything the source received went either through the verdict or
 	 * through the tail copy. */
 	red = load64(&pstate(p)->dir[d].redirected) + p->tail_sent[d];
-	if (p->tail[d] && p->tail_off[d] < p->tail_len[d])
+	if (p->tail_off[d] < p->tail_len[d])
 		return SLUICE_OK;
 	if (tcp_received(side_fd(c, d), &rx) < 0 || tcp_written(dst, &w) < 0)
 		return SLUICE_OK;   /* failing socket: its error event says why */
 	if (rx == 0 || rx - 1 != red || w - p->wbase[d ^ 1] < red)
+		return SLUICE_OK;
+	/* Not while the destination is itself a paused source (or about to
+	 * be): shut down, it could not go back into sockmap_socks, and
+	 * pausing then shutting down lost bytes in t_51.  Its resume comes
+	 * first; the FIN waits for it. */
+	if (load32(&pstate(p)->dir[d ^ 1].soft) && !p->shut[d ^ 1])
 		return SLUICE_OK;
 	if (shutdown(dst, SHUT_WR) < 0 && errno != ENOTCONN) {
 		if (!c->result) {
@@ -480,8 +552,10 @@ enum sluice_relay_rc sluice_sockmap_pump(struct sluice_conn *c)
 			p->reset = true;
 			if (!c->result) {
 				c->result = "internal";
-				sluice_conn_detail(c, "sockmap tail copy %s: %s",
-				                   k == 0 ? "client->upstream" : "upstream->client", strerror(errno));
+				if (errno != EPROTO)   /* EPROTO: copy_fill said why */
+					sluice_conn_detail(c, "sockmap tail copy %s: %s",
+					                   k == 0 ? "client->upstream" : "upstream->client",
+					                   strerror(errno));
 			}
 			return SLUICE_RELAY_ERR;
 		}

@@ -29,8 +29,8 @@ struct sluice_sockmap_pair;      /* per connection */
 
 /* Prepares the datapath on a loaded BPF object.  SLUICE_OK, or SLUICE_ERR
  * with the reason in why: the verdict could not be attached, or the
- * datapath is refused (SLUICE_SOCKMAP_REFUSE=1 in the environment, for
- * the test of the fallback to splice). */
+ * datapath is refused (unless SLUICE_SOCKMAP_EXPERIMENTAL=1: see
+ * sockmap.c). */
 int sluice_sockmap_open(struct sluice_bpf *b, const struct sluice_config *cfg, struct sluice_sockmap **out,
                         char *why, size_t whylen);
 void sluice_sockmap_close(struct sluice_sockmap *sm);
