@@ -70,6 +70,11 @@ void sluice_loop_del(struct sluice_loop *l, struct sluice_io *io)
 	sluice_loop_undefer(l, io);
 }
 
+void sluice_loop_forget(struct sluice_loop *l, struct sluice_io *io)
+{
+	sluice_loop_undefer(l, io);
+}
+
 void sluice_loop_defer(struct sluice_loop *l, struct sluice_io *io)
 {
 	if (io->deferred)

@@ -36,9 +36,12 @@ struct sluice_loop *sluice_loop_new(void);
 void sluice_loop_free(struct sluice_loop *l);
 
 int sluice_loop_add(struct sluice_loop *l, struct sluice_io *io, uint32_t events);
-/* Removing an fd that is about to be closed is still done explicitly: a dup
- * of the fd elsewhere would otherwise keep it registered. */
+/* Unregisters an fd that stays open (handed to the linger list, or a
+ * listener being paused). */
 void sluice_loop_del(struct sluice_loop *l, struct sluice_io *io);
+/* For an fd about to be closed (and never dup'ed): close() removes it from
+ * epoll, so this only drops it from the deferred list. */
+void sluice_loop_forget(struct sluice_loop *l, struct sluice_io *io);
 /* Calls io->fn(io, 0) on the next iteration, before waiting. */
 void sluice_loop_defer(struct sluice_loop *l, struct sluice_io *io);
 /* Forgets a pending defer (the owner is going away). */
