@@ -252,11 +252,13 @@ t_54_sockmap_refused_by_default() {
 # sm_soak N SIZE: N transfers of SIZE bytes, each with a random stall:
 # even ones through the echo with the client pausing its reads 0-3 s (both
 # directions stall), odd ones into an upstream that reads nothing for a
-# random 0-3 s, then everything.
-# Every byte compared (sha256 both ways); no pair may end other than ok.
+# random 0-3 s, then everything.  Every byte compared (sha256 both ways).
+# A transfer may end in the tail copy's guard (result internal, "sockmap
+# tail": the kernel consumed bytes the verdict never saw, the known loss
+# that keeps the datapath refused): counted and logged, since it is caught
+# and reset; anything else that is not byte-exact fails.
 sm_soak() {
-	local n=$1 size=$2 i out p t0=$SECONDS
-	local stall
+	local n=$1 size=$2 i out t0=$SECONDS stall caught=0 f
 	SM_POOL=web sm_config $WORK/c.yaml
 	sed -i 's/^  - name: plain/  - name: stalling\n    listen: "198.18.0.1:5006"\n    mode: tcp\n    datapath: sockmap\n    upstream: fault\n  - name: plain/' $WORK/c.yaml
 	sluice_start $WORK/c.yaml 5004
@@ -264,22 +266,33 @@ sm_soak() {
 	for i in $(seq 0 $((n - 1))); do
 		if [ $((i % 2)) = 0 ]; then
 			stall=$(awk -v r=$RANDOM 'BEGIN {printf "%.1f", r % 31 / 10}')
-			out=$(client --connect 198.18.0.1:5004 --send $size --pause-read $stall --half-close --seed $((100 + i)) --timeout 600) ||
-				{ log "FAIL: transfer $i (client stalled ${stall}s): $out"; closes >&2; return 1; }
-			sha_ok "$out" "transfer $i: $size bytes each way, client stalled ${stall}s" || return 1
+			if out=$(client --connect 198.18.0.1:5004 --send $size --pause-read $stall --half-close --seed $((100 + i)) --timeout 600); then
+				sha_ok "$out" "transfer $i: $size bytes each way, client stalled ${stall}s" || return 1
+				continue
+			fi
 		else
-			out=$(client --connect 198.18.0.1:5006 --send $size --expect-any --half-close --seed $((100 + i)) --timeout 600) ||
-				{ log "FAIL: transfer $i (upstream stalls): $out"; closes >&2; return 1; }
-			local f; for f in $(seq 100); do [ "$(grep -c read_sha256 $WORK/fault.json)" -ge $(((i + 1) / 2)) ] && break; sleep 0.1; done
-			expect_json "$(grep read_sha256 $WORK/fault.json | tail -1)" ".read == $size and .read_sha256 == $(printf '%s' "$out" | jq .sent_sha256)" \
-				"transfer $i: $size bytes, upstream stalled 0-3 s" || return 1
+			if out=$(client --connect 198.18.0.1:5006 --send $size --expect-any --half-close --seed $((100 + i)) --timeout 600); then
+				for f in $(seq 100); do [ "$(grep -c '"end"' $WORK/fault.json)" -ge $(((i + 1) / 2)) ] && break; sleep 0.1; done
+				expect_json "$(grep '"end"' $WORK/fault.json | tail -1)" ".read == $size and .read_sha256 == $(printf '%s' "$out" | jq .sent_sha256)" \
+					"transfer $i: $size bytes, upstream stalled 0-3 s" || return 1
+				continue
+			fi
+			for f in $(seq 100); do [ "$(grep -c '"end"' $WORK/fault.json)" -ge $(((i + 1) / 2)) ] && break; sleep 0.1; done
 		fi
+		# The client failed: only the guard's reset is expected.
+		wait_closes $((i + 1)) '.listener=="sm" or .listener=="stalling"'
+		if closes '(.listener=="sm" or .listener=="stalling") and .result=="internal"' | tail -1 | grep -q 'sockmap tail'; then
+			caught=$((caught + 1))
+			log "   transfer $i: caught by the tail guard: $(closes '.result=="internal"' | tail -1 | jq -r .detail)"
+			continue
+		fi
+		log "FAIL: transfer $i: $out"; closes >&2; return 1
 	done
-	fault_stop
 	wait_closes $n '.listener=="sm" or .listener=="stalling"'
 	local bad; bad=$(closes '(.listener=="sm" or .listener=="stalling") and .result!="ok"' | wc -l)
-	log "   $n x $size: $((SECONDS - t0)) s, $(sm_pauses) pauses, largest backlog $(sm_max_backlog) bytes, $bad not ok"
-	[ "$bad" = 0 ] || { closes '.result!="ok"' >&2; return 1; }
+	log "   $n x $size: $((SECONDS - t0)) s, $(sm_pauses) pauses, largest backlog $(sm_max_backlog) bytes, $caught caught by the tail guard, $((bad - caught)) other failures"
+	[ "$bad" = "$caught" ] || { closes '.result!="ok"' >&2; return 1; }
+	fault_stop
 	sluice_stop
 }
 
