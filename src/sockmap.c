@@ -132,19 +132,20 @@ static uint32_t load32(volatile const __u32 *p)
 
 /* Why the datapath is still refused (docs/architecture.md, "The sockmap
  * datapath").  The pause holds a stalled reader with TCP flow control and
- * every stall test ends byte-exact, but tests/net/sockmap.sh t_51 once
- * showed loss: the client's direction paused, then sluice shut the client
- * socket down (the upstream had finished), and the 248-257 KiB the socket
- * received after that were consumed by the kernel (SIOCINQ 0) without
- * passing the verdict, in 6 runs of 20 (caught by the tail copy's guard as
- * a reset).  A paused source is no longer shut down (dir_finish) and that
- * made 20 runs of 20 pass, but the kernel path that consumed the bytes is
- * not understood, so sluice splices until it is.
+ * the stall tests end byte-exact, but a paused source that leaves
+ * ESTABLISHED loses received bytes: in tests/net/sockmap.sh t_51 (sluice
+ * shut the paused client socket down; 248-257 KiB consumed by the kernel
+ * without passing the verdict, 6 runs of 20) and in the 50 x 1 GiB soak
+ * (the client's FIN arrived while paused; 64 KiB).  Both were caught by
+ * the tail copy's guard as a reset.  A paused source is no longer shut
+ * down (dir_finish: t_51 20 of 20 clean), but a FIN cannot be avoided and
+ * the kernel path that consumes the bytes is not understood, so sluice
+ * splices until it is.
  * SLUICE_SOCKMAP_EXPERIMENTAL=1 in the environment lifts the refusal, for
  * the tests. */
 static const char refusal[] =
-	"refused: a paused socket shut down for writing lost received bytes in testing (cause not understood; "
-	"reset by a guard, never delivered corrupt); see docs/architecture.md";
+	"refused: a paused socket that leaves ESTABLISHED (FIN, shutdown) lost received bytes in testing "
+	"(cause not understood; reset by a guard, never delivered corrupt); see docs/architecture.md";
 
 /* ---- proxy-wide ---- */
 
