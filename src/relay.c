@@ -831,12 +831,7 @@ static int flow_copy(struct sluice_conn *c, struct sluice_flow *f)
 		if (n != SLUICE_OK)
 			return (int)n;
 		n = flow_read_buf(c, f);   /* data or EOF: the next round moves it */
-		if (n == SLUICE_AGAIN) {
-			/* src is empty: what was encrypted goes out now. */
-			n = flow_flush_dst(c, f);
-			return n == SLUICE_OK ? SLUICE_AGAIN : (int)n;
-		}
-		if (n != SLUICE_OK)
+		if (n != SLUICE_OK)   /* AGAIN: src empty, and the flush above left nothing */
 			return (int)n;
 	}
 	n = flow_flush_dst(c, f);
