@@ -219,6 +219,10 @@ static void conn_log(struct sluice_conn *c)
 	sluice_logline_u64(&l, "bytes_out", c->u2c.bytes);
 	sluice_logline_u64(&l, "duration_ms", sluice_now_ms() - c->start_ms);
 	sluice_logline_str(&l, "datapath", datapath_name(c->datapath));
+	if (c->datapath == SLUICE_DP_SOCKMAP) {
+		sluice_logline_u64(&l, "sockmap_pauses", c->sockmap_pauses);
+		sluice_logline_u64(&l, "sockmap_copied", c->sockmap_copied);
+	}
 	if (c->tls_version) {
 		sluice_logline_str(&l, "tls_version", c->tls_version);
 		sluice_logline_str(&l, "cipher", c->cipher);

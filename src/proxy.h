@@ -150,6 +150,10 @@ struct sluice_conn {
 	struct sluice_flow c2u, u2c;
 	enum sluice_datapath datapath;
 	struct sluice_sockmap_pair *sockmap; /* datapath sockmap: the kernel moves the bytes */
+	/* datapath sockmap, for the close line: times a source was paused,
+	 * and bytes userspace copied (a FIN came while paused). */
+	uint32_t sockmap_pauses;
+	uint64_t sockmap_copied;
 
 	struct sluice_sockaddr peer;
 	struct sluice_timer timer;     /* the current state's deadline */

@@ -321,32 +321,52 @@ static int copy_flush(struct sluice_sockmap_pair *p, int d)
  * announce its reopened window at once) hit "TCP recvmsg seq # bug 2"
  * warnings (skbs left in the receive queue below copied_seq) and
  * duplicated 229,376 bytes in one 512 MiB run.  So recv() is only used for
- * the tail, and only while the kernel's count of unread bytes (SIOCINQ,
- * rcv_nxt - copied_seq) is exactly what our own accounting says is left
- * (received - redirected - copied, less the FIN); otherwise the pair is
- * reset (errno EPROTO), never corrupted.  >0 bytes, 0 EOF, -2 nothing
- * queued (EAGAIN), -1 error (errno). */
+ * the tail, and each one is checked: what the kernel still holds after it
+ * (TCP_INQ: rcv_nxt - copied_seq, the FIN included) must be exactly what
+ * our own accounting says is left (received - redirected - copied - this
+ * read).  Otherwise the pair is reset (errno EPROTO) before the bytes go
+ * anywhere, never corrupted.
+ *
+ * Not SIOCINQ: on a socket that is in any sockmap (ours stays in
+ * sockmap_peers) 6.18 answers it from the psock's own queue (tcp_bpf_ioctl),
+ * 0 here whatever TCP holds.  A check on SIOCINQ refused every tail that
+ * had bytes to copy, which looked like the kernel losing them
+ * (docs/architecture.md).  The TCP_INQ hint comes from tcp_recvmsg itself.
+ *
+ * >0 bytes, 0 EOF, -2 nothing queued (EAGAIN), -1 error (errno). */
 static ssize_t copy_fill(struct sluice_sockmap_pair *p, int d)
 {
-	uint64_t rx, want;
-	int fd = side_fd(p->c, d), inq = 0;
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} cbuf;
+	struct iovec iov;
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf.buf,
+	                     .msg_controllen = sizeof(cbuf.buf) };
+	struct cmsghdr *cm;
+	uint64_t rx, left;
+	int fd = side_fd(p->c, d), inq = -1;
 	ssize_t n;
 
 	if (!p->tail_buf[d] && !(p->tail_buf[d] = malloc(TAIL_BUF)))
 		return -1;
-	if (tcp_received(fd, &rx) < 0 || ioctl(fd, SIOCINQ, &inq) < 0)
-		return -1;
-	want = rx - load64(&pstate(p)->dir[d].redirected) - p->tail_sent[d];
-	/* bytes_received counts a FIN, SIOCINQ does not: one off is fine. */
-	if ((uint64_t)inq != want && (uint64_t)inq + 1 != want) {
-		errno = EPROTO;
-		sluice_conn_detail(p->c, "sockmap tail: the kernel has %d bytes unread, sluice counts %llu", inq,
-		                   (unsigned long long)want);
-		return -1;
-	}
-	n = recv(fd, p->tail_buf[d], TAIL_BUF, MSG_DONTWAIT);
+	iov.iov_base = p->tail_buf[d];
+	iov.iov_len = TAIL_BUF;
+	n = recvmsg(fd, &mh, MSG_DONTWAIT);
 	if (n < 0)
 		return errno == EAGAIN || errno == EINTR ? -2 : -1;
+	for (cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm))
+		if (cm->cmsg_level == IPPROTO_TCP && cm->cmsg_type == TCP_CM_INQ)
+			memcpy(&inq, CMSG_DATA(cm), sizeof(inq));
+	if (tcp_received(fd, &rx) < 0)
+		return -1;
+	left = rx - load64(&pstate(p)->dir[d].redirected) - p->tail_sent[d];
+	if (inq < 0 || left < (uint64_t)n || left - (uint64_t)n != (uint64_t)inq) {
+		errno = EPROTO;
+		sluice_conn_detail(p->c, "sockmap tail: read %zd, the kernel holds %d more, sluice counts %llu", n,
+		                   inq, (unsigned long long)left);
+		return -1;
+	}
 	p->tail_len[d] = (size_t)n;
 	p->tail_off[d] = 0;
 	return n;
@@ -358,8 +378,11 @@ static ssize_t copy_fill(struct sluice_sockmap_pair *p, int d)
 static int tail_start(struct sluice_sockmap_pair *p, int d)
 {
 	struct sluice_conn *c = p->c;
-	int k;
+	int k, one = 1;
 
+	/* copy_fill checks each read against the TCP_INQ hint. */
+	if (setsockopt(side_fd(c, d), IPPROTO_TCP, TCP_INQ, &one, sizeof(one)) < 0)
+		return -1;
 	p->tail[d] = true;
 	for (k = 0; k < 2; k++) {
 		struct sluice_side *s = k == 0 ? &c->client : &c->upstream;
@@ -488,27 +511,37 @@ static const char *dead_why(uint32_t why)
 	}
 }
 
+/* The verdict marked the pair dead: reset both ways, say why. */
+static enum sluice_relay_rc pair_dead(struct sluice_conn *c, struct sluice_sockmap_pair *p)
+{
+	volatile struct sluice_bpf_pair *st = pstate(p);
+	uint32_t dd = load32(&st->dead_dir) & 1;
+
+	p->reset = true;
+	if (!c->result) {
+		c->result = "sockmap_backlog";
+		sluice_conn_detail(c, "%s: %s backlog %u bytes (soft cap %llu, hard cap %llu)",
+		                   dead_why(load32(&st->dead_why)), dd == 0 ? "client->upstream" : "upstream->client",
+		                   load32(&st->dead_backlog), (unsigned long long)p->sw->sm->soft_cap,
+		                   (unsigned long long)p->sw->sm->hard_cap);
+	}
+	return SLUICE_RELAY_ERR;
+}
+
 enum sluice_relay_rc sluice_sockmap_pump(struct sluice_conn *c)
 {
 	struct sluice_sockmap_pair *p = c->sockmap;
 	volatile struct sluice_bpf_pair *st = pstate(p);
 	struct pollfd pf[2];
-	bool wait = false;
+	bool wait = false, dead;
 	int k;
 
-	if (load32(&st->state) == SLUICE_BPF_PAIR_DEAD) {
-		uint32_t dd = load32(&st->dead_dir) & 1;
-
-		p->reset = true;
-		if (!c->result) {
-			c->result = "sockmap_backlog";
-			sluice_conn_detail(c, "%s: %s backlog %u bytes (soft cap %llu, hard cap %llu)",
-			                   dead_why(load32(&st->dead_why)), dd == 0 ? "client->upstream" : "upstream->client",
-			                   load32(&st->dead_backlog), (unsigned long long)p->sw->sm->soft_cap,
-			                   (unsigned long long)p->sw->sm->hard_cap);
-		}
-		return SLUICE_RELAY_ERR;
-	}
+	/* "Peer gone" is what the verdict sees when the other socket was
+	 * reset (the kernel drops a closed socket from every map): then the
+	 * reset is the reason, found below, not the backlog. */
+	dead = load32(&st->state) == SLUICE_BPF_PAIR_DEAD;
+	if (dead && load32(&st->dead_why) != SLUICE_BPF_DEAD_PEER_GONE)
+		return pair_dead(c, p);
 	/* Which sockets ended, without reading them (there is nothing to read:
 	 * the verdict took every byte). */
 	for (k = 0; k < 2; k++) {
@@ -542,6 +575,8 @@ enum sluice_relay_rc sluice_sockmap_pump(struct sluice_conn *c)
 		if (pf[k].revents & (POLLRDHUP | POLLHUP))
 			p->eof[k] = true;
 	}
+	if (dead)
+		return pair_dead(c, p);
 	for (k = 0; k < 2; k++) {
 		if (!p->tail[k] || p->shut[k])
 			continue;
@@ -851,6 +886,8 @@ void sluice_sockmap_release(struct sluice_conn *c)
 	maps_leave(p);
 	c->c2u.bytes = load64(&st->dir[0].redirected) + p->tail_sent[0];
 	c->u2c.bytes = load64(&st->dir[1].redirected) + p->tail_sent[1];
+	c->sockmap_pauses = load32(&st->dir[0].pauses) + load32(&st->dir[1].pauses);
+	c->sockmap_copied = p->tail_sent[0] + p->tail_sent[1];
 	/* What this pair still counted in the global backlog. */
 	bl = (int64_t)load32(&st->dir[0].backlog) + (int64_t)load32(&st->dir[1].backlog);
 	__atomic_fetch_sub(&p->sw->sm->h.global->backlog, bl, __ATOMIC_ACQ_REL);
