@@ -69,6 +69,14 @@
  *                  (the socket is not even polled for input), then read on
  *                  as usual: a client that stops reading while the server
  *                  pushes, and whose bytes must all arrive intact afterwards
+ *   --fin-on-pause  (plain TCP, with --send as the most to send) send at most
+ *                  16 KiB unacknowledged at a time and watch the window the
+ *                  server advertises; once it falls under half of the largest
+ *                  seen (the server stopped taking bytes off its receive
+ *                  queue: a paused sockmap source), stop sending and
+ *                  half-close at once, so the FIN reaches a socket that
+ *                  still holds bytes.  "paused_seen" in the JSON says it
+ *                  happened; "sent" is what was sent
  *
  * TLS 1.3 note: the server judges the client certificate after the client's
  * handshake has completed, so a refused client shows "handshake":"ok" and
@@ -97,10 +105,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <linux/sockios.h>
 #include <linux/tls.h>
 
 #include <openssl/bio.h>
@@ -112,6 +122,7 @@
 #include "toolkit.h"
 
 #define CHUNK (32 * 1024)
+#define FIN_ON_PAUSE_CHUNK (8 * 1024)
 
 /* ---- options ---------------------------------------------------------- */
 
@@ -140,6 +151,7 @@ static struct {
 	uint64_t reset_after;
 	bool reset_set;
 	uint64_t pause_read_ms;
+	bool fin_on_pause;
 	uint64_t garbage;
 	bool garbage_set;
 	uint64_t count, parallel;
@@ -171,6 +183,8 @@ struct conn {
 	uint64_t read_from;         /* --pause-read: no reads before this time */
 	bool read_paused;           /* a read was skipped for --pause-read: wake at read_from */
 	bool reset_sent;            /* --reset-after: the RST went out */
+	uint32_t max_wnd;           /* --fin-on-pause: largest window the server advertised */
+	bool paused_seen;           /* --fin-on-pause: the window halved, sending stopped */
 	bool connected;
 	const char *handshake;      /* NULL (not reached), "none", "ok", "failed" */
 	const char *tls_version_s;  /* static strings from OpenSSL's tables */
@@ -562,6 +576,35 @@ static void conn_enter_run(struct conn *c)
 
 /* Does everything possible without blocking; leaves rd_ev/wr_ev set to what
  * the stalled operations wait for. */
+
+/* --fin-on-pause: 1 the window fell under half of the largest seen (stop
+ * and half-close), 0 send the next chunk, -1 wait (16 KiB or more not yet
+ * acknowledged, so that what is in flight and the FIN still fit in what is
+ * left of a window that starts closing).  tcpi_snd_wnd (linux >= 6.2) sits
+ * past glibc's struct tcp_info, so it is read at its offset in the
+ * kernel's. */
+#define TCPI_SND_WND_OFFSET 228
+static int fin_on_pause_check(struct conn *c)
+{
+	uint8_t ti[TCPI_SND_WND_OFFSET + 4];
+	socklen_t len = sizeof(ti);
+	uint32_t wnd;
+	int outq = 0;
+
+	if (getsockopt(c->fd, IPPROTO_TCP, TCP_INFO, ti, &len) < 0 || len < sizeof(ti))
+		return 0;    /* no tcpi_snd_wnd: send on; "paused_seen" stays false */
+	memcpy(&wnd, ti + TCPI_SND_WND_OFFSET, sizeof(wnd));
+	if (wnd > c->max_wnd)
+		c->max_wnd = wnd;
+	if (c->max_wnd && wnd < c->max_wnd / 2) {
+		c->paused_seen = true;
+		return 1;
+	}
+	if (ioctl(c->fd, SIOCOUTQ, &outq) == 0 && outq >= FIN_ON_PAUSE_CHUNK * 2)
+		return -1;
+	return 0;
+}
+
 static void conn_step(struct conn *c)
 {
 	if (c->st == ST_CONNECT) {
@@ -756,9 +799,25 @@ static void conn_step(struct conn *c)
 		}
 		if (now >= c->hold_until && !c->send_stopped) {
 			if (c->sent < c->send_total) {
+				if (c->sbuf_off == c->sbuf_len && o.fin_on_pause) {
+					switch (fin_on_pause_check(c)) {
+					case 1:
+						c->send_total = c->sent;   /* the half-close follows */
+						progress = true;
+						continue;
+					case 0:
+						break;
+					default:   /* too much unacknowledged: look again soon
+						    * (busy: the loop polls without waiting) */
+						usleep(200);
+						return;
+					}
+				}
 				if (c->sbuf_off == c->sbuf_len) {
 					uint64_t left = c->send_total - c->sent;
 					size_t n = left < CHUNK ? (size_t)left : CHUNK;
+					if (o.fin_on_pause && n > FIN_ON_PAUSE_CHUNK)
+						n = FIN_ON_PAUSE_CHUNK;
 					if (o.ku_set && !c->ku_done && c->sent < o.ku_at && o.ku_at - c->sent < n)
 						n = (size_t)(o.ku_at - c->sent);   /* stop exactly at the KeyUpdate */
 					tk_prng_fill(&c->send_prng, c->sbuf, n);
@@ -914,6 +973,8 @@ static void print_conn(const struct conn *c)
 	printf(",\"write_error\":");
 	json_str(stdout, c->write_error[0] ? c->write_error : NULL);
 	printf(",\"reset_sent\":%s", c->reset_sent ? "true" : "false");
+	if (o.fin_on_pause)
+		printf(",\"paused_seen\":%s", c->paused_seen ? "true" : "false");
 	printf(",\"resumed\":%s", !o.tls ? "null" : c->resumed ? "true" : "false");
 	printf(",\"ms\":%llu}\n", (unsigned long long)(c->t_end - c->t_start));
 }
@@ -1015,7 +1076,7 @@ static void parse_args(int argc, char **argv)
 		O_CONNECT = 256, O_TLS, O_CERT, O_KEY, O_CA, O_SNI, O_NOVERIFY, O_VER, O_CIPHER,
 		O_NOCERT, O_SEND, O_SEED, O_EXPECT, O_EXPECT_ANY, O_EXPECT_SHA, O_HALF, O_HOLD,
 		O_GARBAGE, O_COUNT, O_PAR, O_TIMEOUT, O_HELP, O_ABORT, O_CHECK, O_EARLY, O_KU_AT,
-		O_KU, O_KTLS_ALERT, O_RESET_AFTER, O_PAUSE_READ, O_SESS_IN, O_SESS_OUT,
+		O_KU, O_KTLS_ALERT, O_RESET_AFTER, O_PAUSE_READ, O_FIN_ON_PAUSE, O_SESS_IN, O_SESS_OUT,
 	};
 	static const struct option opts[] = {
 		{ "connect", required_argument, NULL, O_CONNECT },
@@ -1050,6 +1111,7 @@ static void parse_args(int argc, char **argv)
 		{ "ktls-alert", required_argument, NULL, O_KTLS_ALERT },
 		{ "reset-after", required_argument, NULL, O_RESET_AFTER },
 		{ "pause-read", required_argument, NULL, O_PAUSE_READ },
+		{ "fin-on-pause", no_argument, NULL, O_FIN_ON_PAUSE },
 		{ 0, 0, 0, 0 },
 	};
 	int c;
@@ -1088,6 +1150,7 @@ static void parse_args(int argc, char **argv)
 		case O_SESS_OUT: o.session_out = optarg; break;
 		case O_RESET_AFTER: o.reset_after = parse_size(optarg, "--reset-after"); o.reset_set = true; break;
 		case O_PAUSE_READ: o.pause_read_ms = parse_seconds_ms(optarg, "--pause-read"); break;
+		case O_FIN_ON_PAUSE: o.fin_on_pause = true; o.half_close = true; break;
 		case O_CHECK: o.check_stream = true; break;
 		case O_EARLY: o.allow_early_close = true; break;
 		case O_KU_AT: o.ku_at = parse_size(optarg, "--key-update-at"); o.ku_set = true; break;
@@ -1128,6 +1191,8 @@ static void parse_args(int argc, char **argv)
 	if (o.reset_set && (o.half_close || o.abort_close || o.garbage_set || o.ktls_alert ||
 	                    o.allow_early_close))
 		usage("--reset-after excludes --half-close, --abort, --garbage, --ktls-alert, --allow-early-close");
+	if (o.fin_on_pause && (o.tls || o.count != 1))
+		usage("--fin-on-pause is for one plain TCP connection");
 	if (o.ktls_alert && o.half_close)
 		usage("--ktls-alert excludes --half-close");
 	if ((o.ku_set || o.ktls_alert) && !o.tls)

@@ -155,7 +155,7 @@ t_56_sockmap_fin_while_paused_is_copied() {
 	# The client's FIN arrives while its direction is paused: the client
 	# socket (now CLOSE_WAIT) cannot go back into the verdict's map, so
 	# userspace copies what its receive queue still holds (dir_tail).  The
-	# upstream reads nothing for 2 s; tools/fin-while-paused sends until the
+	# upstream reads nothing for 2 s; the client (--fin-on-pause) sends until the
 	# proxy's socket stops draining (its window halves: paused), then
 	# half-closes at once.  Each run must copy, end ok and be byte-exact:
 	# the copy must not lose, duplicate or reorder.
@@ -163,7 +163,7 @@ t_56_sockmap_fin_while_paused_is_copied() {
 	fault_start --mode slow --rate 1e12 --stall 2 --rcvbuf 65536
 	local i out cl f
 	for i in 1 2 3 4; do
-		out=$(inc python3 tools/fin-while-paused --connect 198.18.0.1:5004 --timeout 30)
+		out=$(client --connect 198.18.0.1:5004 --send 64M --fin-on-pause --expect-any --seed $((70 + i)) --timeout 30) || true
 		expect_json "$out" '.error == null and .paused_seen' "run $i: the window halved, then the client half-closed" || return 1
 		wait_closes $i '.listener=="sm"' || return 1
 		for f in $(seq 100); do [ "$(grep -c '"end"' $WORK/fault.json)" -ge $i ] && break; sleep 0.1; done
