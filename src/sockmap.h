@@ -27,10 +27,14 @@ struct sluice_sockmap;           /* proxy-wide: maps, slot allocator */
 struct sluice_sockmap_worker;    /* per worker: its ring buffer, its pairs */
 struct sluice_sockmap_pair;      /* per connection */
 
+/* Whether the datapath runs on a kernel of this release (uname -r): 1, or
+ * 0 with the reason in why.  Pure: unit-tested with release strings. */
+int sluice_sockmap_kernel_ok(const char *release, char *why, size_t whylen);
+
 /* Prepares the datapath on a loaded BPF object.  SLUICE_OK, or SLUICE_ERR
- * with the reason in why: the verdict could not be attached, or the
- * datapath is refused (unless SLUICE_SOCKMAP_EXPERIMENTAL=1: see
- * sockmap.c). */
+ * with the reason in why: the verdict could not be attached, or the kernel
+ * is refused (sluice_sockmap_kernel_ok; SLUICE_SOCKMAP_EXPERIMENTAL=1
+ * skips that check). */
 int sluice_sockmap_open(struct sluice_bpf *b, const struct sluice_config *cfg, struct sluice_sockmap **out,
                         char *why, size_t whylen);
 void sluice_sockmap_close(struct sluice_sockmap *sm);

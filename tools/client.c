@@ -803,6 +803,8 @@ static void conn_step(struct conn *c)
 					switch (fin_on_pause_check(c)) {
 					case 1:
 						c->send_total = c->sent;   /* the half-close follows */
+						if (!o.expect_set && !o.expect_any)
+							o.expect = c->sent;   /* an echo returns what went (one connection) */
 						progress = true;
 						continue;
 					case 0:
