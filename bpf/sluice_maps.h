@@ -159,7 +159,8 @@ struct sluice_bpf_pair_dir {
 	__u32 paused;               /* sockops 0->1 when it took the source out of sockmap_socks;
 	                               userspace 1->0 just before it puts it back */
 	__u32 pauses;               /* sockops: times the source was paused */
-	__u32 pad;
+	__u32 pause_req;            /* userspace 0->1->0 around its zero-length send: only
+	                               then may sockops pause (sockmap_pause says why) */
 };
 
 /* sockmap_pairs[slot]: mmap'ed by userspace (BPF_F_MMAPABLE). */

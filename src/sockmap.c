@@ -131,15 +131,26 @@ static uint32_t load32(volatile const __u32 *p)
 
 /* ---- policy ---- */
 
-/* Which kernels get the datapath.  Verified end to end (stalls of either
- * side, both at once, a FIN while paused, the 50 x 1 GiB integrity soak,
- * dmesg clean) on the host's 6.18 (tests/net/sockmap.sh, make soak) and on
- * Debian 12's 6.1 in the VM (tests/vm/sockmap.sh).  Both run the verdict
- * from tcp_read_skb(), which 6.0 introduced for sockmap; older kernels
- * feed it through strparser/tcp_read_sock, a different path that none of
- * the pause, the tail copy or the tests have been through, so sluice
- * splices there.  SLUICE_SOCKMAP_EXPERIMENTAL=1 in the environment lifts
- * the check, to try a kernel. */
+/* Why the datapath is refused on every kernel for now
+ * (docs/architecture.md, "The sockmap datapath"): two-way transfers whose
+ * sources paused and resumed have delivered corrupted streams on 6.18 (an
+ * echo client found its bytes differing mid-stream: tests/net/sockmap.sh
+ * t_51's transfer alongside, t_52's two-sided stall, a t_55 transfer; 3 of
+ * ~20 runs of the sockmap group, no kernel warning).  One-way transfers,
+ * the stalls of one side and the 50 x 1 GiB soak stayed byte-exact.  The
+ * cause is not found; sockmap_pause now only pauses from sluice's own
+ * send, which excludes the transmit paths that were a suspect.
+ * SLUICE_SOCKMAP_EXPERIMENTAL=1 lifts this and the kernel check below. */
+static const char refusal[] =
+	"refused: two-way transfers that paused delivered corrupted streams in testing on 6.18 "
+	"(cause not found); see docs/architecture.md";
+
+/* The kernels the datapath has been through, once the refusal above is
+ * gone: the host's 6.18 (tests/net/sockmap.sh, make soak) and Debian 12's
+ * 6.1 in the VM (tests/vm/sockmap.sh).  Both run the verdict from
+ * tcp_read_skb(), which 6.0 introduced for sockmap; older kernels feed it
+ * through strparser/tcp_read_sock, a path none of the pause, the tail copy
+ * or the tests have been through, so sluice splices there. */
 #define SOCKMAP_MIN_MAJOR 6
 #define SOCKMAP_MIN_MINOR 1
 
@@ -177,6 +188,8 @@ int sluice_sockmap_open(struct sluice_bpf *b, const struct sluice_config *cfg, s
 		}
 		if (!sluice_sockmap_kernel_ok(u.release, why, whylen))
 			return SLUICE_ERR;
+		snprintf(why, whylen, "%s", refusal);
+		return SLUICE_ERR;
 	}
 	sm = calloc(1, sizeof(*sm));
 	if (!sm) {
@@ -298,7 +311,9 @@ static void dir_pause(struct sluice_sockmap_pair *p, int d)
 
 	if (!load32(&pd->soft) || load32(&pd->paused))
 		return;
+	__atomic_store_n(&pd->pause_req, 1, __ATOMIC_RELEASE);
 	(void)send(side_fd(p->c, d), NULL, 0, MSG_DONTWAIT | MSG_NOSIGNAL);
+	__atomic_store_n(&pd->pause_req, 0, __ATOMIC_RELEASE);
 }
 
 /* The tail copy of direction d (paused source -> destination), for a
