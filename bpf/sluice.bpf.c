@@ -335,13 +335,12 @@ static __always_inline void sockmap_pause(struct bpf_sock_ops *ops)
 	d = &p->dir[me->side & 1];
 	if (p->state != SLUICE_BPF_PAIR_LIVE || !d->soft || d->paused)
 		return;
-	/* Only while sluice's own zero-length send is under way:
-	 * tcp_current_mss() also runs when the socket transmits (softirq after
-	 * an ACK, the peer's psock worker sending redirected bytes into it),
-	 * and two-way streams, whose sources also transmit, came out corrupted
-	 * in testing (docs/architecture.md): those contexts are the suspect.
-	 * (Checking the caller's pid would close the window around the send
-	 * too, but 6.1 does not give sock_ops programs that helper.) */
+	/* Only while sluice's own zero-length send is under way, so a pause
+	 * is always the one the worker decided: tcp_current_mss() also runs
+	 * when the socket transmits (softirq after an ACK, the peer's psock
+	 * worker sending redirected bytes into it).  Those pauses were a
+	 * suspect for the two-way corruption (docs/architecture.md); ruling
+	 * them out did not stop it. */
 	if (!d->pause_req)
 		return;
 	if (bpf_map_delete_elem(&sockmap_socks, &cookie) == 0) {

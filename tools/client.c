@@ -86,10 +86,12 @@
  *   {"connected":true,"handshake":"ok","tls_version":"TLSv1.3","cipher":"...",
  *    "sent":N,"sent_sha256":"..","recv":N,"recv_sha256":"..","eof":true,
  *    "close_notify":true,"reset":false,"alert":null,"error":null,
- *    "recv_prefix_ok":true,"mismatch_at":null,"key_update":null,
+ *    "recv_prefix_ok":true,"mismatch_at":null,"mismatch_from":null,"key_update":null,
  *    "alert_sent":null,"write_error":null,"reset_sent":false,"ms":12}
  * recv_prefix_ok is null when the received bytes were not checked against
- * the stream; key_update is the type sent ("requested"/"not-requested");
+ * the stream; mismatch_from says where in the stream the bytes received at
+ * mismatch_at come from (later: bytes were lost; earlier: repeated; null:
+ * not found within 32 MiB); key_update is the type sent ("requested"/"not-requested");
  * alert_sent is "LEVEL:DESC" once --ktls-alert went out.
  * Exit 0 only if everything asked for happened; 1 otherwise; 2 usage. */
 #include <errno.h>
@@ -208,6 +210,7 @@ struct conn {
 	bool stream_check;          /* every received byte checked against the stream */
 	struct tk_prng check_prng;
 	int64_t mismatch_at;
+	int64_t mismatch_from;      /* where in the stream the bytes at mismatch_at are from; -1 unknown */
 	/* poll interest of the pending read and write operations */
 	short rd_ev, wr_ev;
 	bool busy;                  /* stopped while still making progress: poll(0) */
@@ -577,6 +580,40 @@ static void conn_enter_run(struct conn *c)
 /* Does everything possible without blocking; leaves rd_ev/wr_ev set to what
  * the stalled operations wait for. */
 
+/* Where in the expected stream the bytes received at `at` really come
+ * from, to tell loss (later), repetition (earlier) and garbage (nowhere,
+ * -1) apart in a report.  Searches 32 MiB either side for the first up to
+ * 32 bytes received there; fewer than 16 received in this read: -1. */
+static int64_t mismatch_source(int64_t at, const uint8_t *got, size_t n)
+{
+	const int64_t span = 32 << 20;
+	int64_t lo = at > span ? at - span : 0, pos = 0, found = -1;
+	size_t len = (size_t)(at + span - lo);
+	uint8_t skip[65536], *buf, *hit;
+	struct tk_prng p;
+
+	if (n < 16)
+		return -1;
+	if (n > 32)
+		n = 32;
+	buf = malloc(len);
+	if (!buf)
+		return -1;
+	tk_prng_init(&p, o.seed);
+	while (pos < lo) {
+		size_t k = lo - pos < (int64_t)sizeof(skip) ? (size_t)(lo - pos) : sizeof(skip);
+
+		tk_prng_fill(&p, skip, k);
+		pos += (int64_t)k;
+	}
+	tk_prng_fill(&p, buf, len);
+	hit = memmem(buf, len, got, n);
+	if (hit)
+		found = lo + (hit - buf);
+	free(buf);
+	return found;
+}
+
 /* --fin-on-pause: 1 the window fell under half of the largest seen (stop
  * and half-close), 0 send the next chunk, -1 wait (16 KiB or more not yet
  * acknowledged, so that what is in flight and the FIN still fit in what is
@@ -704,6 +741,7 @@ static void conn_step(struct conn *c)
 						while (want[i] == g_rbuf[i])
 							i++;
 						c->mismatch_at = (int64_t)(c->recv + i);
+						c->mismatch_from = mismatch_source(c->mismatch_at, g_rbuf + i, got - i);
 						set_error(c, "%s mismatch at byte %lld", c->echo_check ? "echo" : "stream",
 						          (long long)c->mismatch_at);
 					}
@@ -964,6 +1002,11 @@ static void print_conn(const struct conn *c)
 		fputs("null", stdout);
 	else
 		printf("%lld", (long long)c->mismatch_at);
+	printf(",\"mismatch_from\":");
+	if (c->mismatch_from < 0)
+		fputs("null", stdout);
+	else
+		printf("%lld", (long long)c->mismatch_from);
 	printf(",\"key_update\":");
 	json_str(stdout, !c->ku_done ? NULL :
 	                 o.ku_type == SSL_KEY_UPDATE_REQUESTED ? "requested" : "not-requested");
@@ -1234,6 +1277,7 @@ static struct conn *conn_new(void)
 	c->echo_check = !o.expect_set && !o.expect_any && !o.garbage_set;
 	c->stream_check = c->echo_check || o.check_stream || o.allow_early_close;
 	c->mismatch_at = -1;
+	c->mismatch_from = -1;
 	return c;
 }
 

@@ -308,7 +308,7 @@ sm_echo_ok() {
 	printf '%s' "$1" | jq -e '.recv_sha256 == .sent_sha256 and .recv == .sent and .error == null' >/dev/null 2>&1 && return 0
 	if printf '%s' "$1" | jq -e '.mismatch_at != null and .recv_prefix_ok == false' >/dev/null 2>&1; then
 		echo "$2" >>$WORK/sm_known
-		log "   KNOWN: $2: the echoed stream differs from byte $(printf '%s' "$1" | jq .mismatch_at) (the sockmap corruption that keeps the datapath refused)"
+		log "   KNOWN: $2: $(printf '%s' "$1" | jq -r '"the bytes received from \(.mismatch_at) on are the stream'"'"'s bytes from \(.mismatch_from // "nowhere near") (\(if .mismatch_from == null then "not the stream" elif .mismatch_from > .mismatch_at then "\(.mismatch_from - .mismatch_at) lost" else "\(.mismatch_at - .mismatch_from) repeated" end))"') (the sockmap corruption that keeps the datapath refused)"
 		return 2
 	fi
 	log "FAIL: $2: $(printf '%s' "$1" | jq -c '{sent,recv,eof,reset,error}')"

@@ -91,7 +91,7 @@ echo_check() {
 	EXACT=0
 	if jt "$2" "$sha_eq${3:+ and $3}"; then pass "$1"; EXACT=1
 	elif jt "$2" '.mismatch_at != null and .recv_prefix_ok == false'; then
-		KNOWN=$((KNOWN + 1)); echo "KNOWN $1: the echoed stream differs from byte $(printf '%s' "$2" | "$JQ" .mismatch_at)"
+		KNOWN=$((KNOWN + 1)); echo "KNOWN $1: $(printf '%s' "$2" | "$JQ" -c '{mismatch_at, mismatch_from}')"
 	else fail "$1" "want $sha_eq${3:+ and $3} in: $2"; fi
 }
 
