@@ -333,7 +333,7 @@ static __always_inline void sockmap_pause(struct bpf_sock_ops *ops)
 	if (!p)
 		return;
 	d = &p->dir[me->side & 1];
-	if (p->state != SLUICE_BPF_PAIR_LIVE || !d->soft || d->paused)
+	if (p->cookie[me->side & 1] != cookie || p->state != SLUICE_BPF_PAIR_LIVE || !d->soft || d->paused)
 		return;
 	/* Only while sluice's own zero-length send is under way, so a pause
 	 * is always the one the worker decided: tcp_current_mss() also runs
@@ -552,6 +552,10 @@ int sluice_sockmap_verdict(struct __sk_buff *skb)
 	if (!p)
 		return SK_DROP;
 	d = &p->dir[dir];
+	/* A slot is reused once its pair is gone: an skb of a socket whose
+	 * record is stale must not reach the new pair's peer. */
+	if (p->cookie[dir] != cookie)
+		return SK_DROP;
 	if (p->state != SLUICE_BPF_PAIR_LIVE) {
 		/* Dead: the worker is about to reset both sockets, so these
 		 * bytes are not lost silently (the peers see an RST). */

@@ -138,8 +138,10 @@ static uint32_t load32(volatile const __u32 *p)
  * t_51's transfer alongside, t_52's two-sided stall, a t_55 transfer; 3 of
  * ~20 runs of the sockmap group, no kernel warning).  One-way transfers,
  * the stalls of one side and the 50 x 1 GiB soak stayed byte-exact.  The
- * cause is not found (pausing only from sluice's own send, pause_req, did
- * not change it).
+ * likely cause is in the kernel: tcp_read_skb() hands the verdict whole
+ * skbs, including the head of a retransmitted segment that overlaps bytes
+ * already consumed (one sample: 568 bytes delivered twice); not proven
+ * yet, and nothing sluice can correct from the verdict.
  * SLUICE_SOCKMAP_EXPERIMENTAL=1 lifts this and the kernel check below. */
 static const char refusal[] =
 	"refused: two-way transfers that paused delivered corrupted streams in testing on 6.18 "
