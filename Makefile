@@ -36,6 +36,11 @@ $(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h include/sluice/*.h bpf/*.h) | $(BUI
 $(BUILD)/bpf/sluice.bpf.o: bpf/sluice.bpf.c $(wildcard bpf/*.h) | $(BUILD)/bpf
 	$(CLANG) $(BPF_CFLAGS) -c -o $@ $<
 
+# Test-only tc program: segments that overlap bytes already received
+# (tests/net/sockmap.sh t_57, tests/vm/sockmap.sh).
+$(BUILD)/bpf/overlap.bpf.o: tests/net/overlap.bpf.c | $(BUILD)/bpf
+	$(CLANG) $(BPF_CFLAGS) -c -o $@ $<
+
 $(BUILD)/bpf/sluice.skel.h: $(BUILD)/bpf/sluice.bpf.o
 	$(BPFTOOL) gen skeleton $< name sluice_skel > $@.tmp && mv $@.tmp $@
 
@@ -64,9 +69,10 @@ bpf-test: $(BUILD)/bpf/counters
 	tests/bpf/counters.sh $(BUILD)/bpf/counters
 
 # The sockmap datapath on Debian 12's 6.1: stalls, a FIN while paused, dmesg.
-vm-sockmap: all
-	VM_TIMEOUT=900 tests/vm/run.sh tests/vm/sockmap.sh $(BUILD)/sluice $(BUILD)/tools/echo $(BUILD)/tools/client \
-	  $$(command -v jq) $$(command -v bpftool)
+vm-sockmap: all $(BUILD)/bpf/overlap.bpf.o
+	VM_TIMEOUT=900 VM_MODULES="sch_ingress cls_bpf" tests/vm/run.sh tests/vm/sockmap.sh $(BUILD)/sluice \
+	  $(BUILD)/tools/echo $(BUILD)/tools/client $$(command -v jq) $$(command -v bpftool) $$(command -v tc) \
+	  $(BUILD)/bpf/overlap.bpf.o
 
 # The same object through Debian 12's 6.1 verifier, counters checked there too.
 vm-bpf: $(BUILD)/bpf/counters
@@ -95,10 +101,10 @@ $(BUILD)/tsan/sluice: FORCE
 	  SAN="-fsanitize=thread" $(BUILD)/tsan/sluice
 FORCE:
 
-net: all
+net: all $(BUILD)/bpf/overlap.bpf.o
 	tests/net/run.sh $(BUILD)/sluice
 
-net-asan: all $(BUILD)/asan/sluice
+net-asan: all $(BUILD)/bpf/overlap.bpf.o $(BUILD)/asan/sluice
 	SLUICE_SANITIZER=asan tests/net/run.sh $(BUILD)/asan/sluice
 
 net-tsan: all $(BUILD)/tsan/sluice

@@ -25,6 +25,7 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
 
 #include "sluice_maps.h"
 
@@ -87,9 +88,16 @@ struct {
 
 /* ---- sockmap maps (the datapath itself is at the end) -------------------- */
 
-/* Only write_seq is read: CO-RE relocates the offset for the running kernel. */
+/* The kernel's own structures, only the fields read here: CO-RE relocates
+ * their offsets for the running kernel. */
 struct tcp_sock {
 	__u32 write_seq;
+	__u32 copied_seq;
+} __attribute__((preserve_access_index));
+/* An skb's control block starts with TCP's struct tcp_skb_cb, whose first
+ * field is the skb's sequence number (include/net/tcp.h). */
+struct sk_buff {
+	char cb[48];
 } __attribute__((preserve_access_index));
 
 /* The sockets whose bytes are being redirected, keyed by socket cookie.
@@ -522,6 +530,68 @@ static __always_inline void sockmap_kill(struct sluice_bpf_pair *p, __u32 slot, 
 	sockmap_notify(p, slot, SLUICE_BPF_EV_DEAD, dir, backlog);
 }
 
+/* How many bytes at the head of skb the direction has already forwarded:
+ * 0 normally, > 0 for an skb to cut, -1 if skb does not continue the
+ * stream (a gap, or nothing new in it) or cannot be read.  *end: the
+ * sequence number just past skb's bytes.
+ *
+ * Why: the kernel feeds the verdict whole skbs from the receive queue
+ * (tcp_read_skb) and advances copied_seq by their full length
+ * (tcp_eat_skb), but TCP queues a retransmitted segment that partly
+ * overlaps bytes it already has as it is, seq < rcv_nxt (tcp_data_queue,
+ * "Partial packet"); recvmsg() skips such a head, the verdict path does
+ * not.  Forwarded whole, those bytes reach the peer twice: the two-way
+ * corruption in docs/architecture.md.  So the verdict keeps the stream's
+ * position itself (next_seq) rather than trusting the kernel's.
+ *
+ * The sequence number is read from TCP's control block in the skb; ctx is
+ * the kernel's sk_buff, read with bpf_probe_read_kernel (CAP_PERFMON),
+ * which works on 6.1 where bpf_cast_to_kern_ctx() does not exist yet. */
+static __always_inline __s32 sockmap_overlap(struct __sk_buff *skb, struct sluice_bpf_pair_dir *d, __u32 *end)
+{
+	__u32 seq, over;
+
+	if (bpf_probe_read_kernel(&seq, sizeof(seq), (char *)skb + bpf_core_field_offset(struct sk_buff, cb)) < 0)
+		return -1;
+	if (!d->next_inited) {
+		/* The first skb the verdict sees: the stream is where the
+		 * source's reader is (nothing read before the insert is
+		 * forwarded). */
+		struct bpf_sock *sk = skb->sk;
+		struct tcp_sock *tp;
+
+		if (!sk)
+			return -1;
+		tp = bpf_skc_to_tcp_sock(sk);
+		if (!tp)
+			return -1;
+		d->next_seq = tp->copied_seq;
+		d->next_inited = 1;
+	}
+	*end = seq + skb->len;
+	over = d->next_seq - seq;
+	if ((__s32)over < 0 || over >= skb->len)
+		return -1;
+	return (__s32)over;
+}
+
+/* Cuts n bytes off skb's head: bpf_skb_adjust_room() on an sk_skb pulls at
+ * most 0xfff bytes per call.  tcp_eat_skb() then advances copied_seq by
+ * what is left, which is exactly the new bytes.  0, or -1. */
+static __always_inline int sockmap_trim(struct __sk_buff *skb, __u32 n)
+{
+	int i;
+
+	for (i = 0; i < 16 && n > 0; i++) {
+		__u32 k = n > 0xfff ? 0xfff : n;
+
+		if (bpf_skb_adjust_room(skb, -(__s32)k, 0, 0) < 0)
+			return -1;
+		n -= k;
+	}
+	return n ? -1 : 0;
+}
+
 SEC("sk_skb/stream_verdict")
 int sluice_sockmap_verdict(struct __sk_buff *skb)
 {
@@ -532,8 +602,8 @@ int sluice_sockmap_verdict(struct __sk_buff *skb)
 	struct tcp_sock *tp;
 	struct bpf_sock *peer;
 	__u64 cookie, peer_cookie;
-	__u32 len = skb->len, zero = 0, slot, dir, wseq, backlog;
-	__s32 bl;
+	__u32 len = skb->len, zero = 0, slot, dir, wseq, backlog, end;
+	__s32 bl, over;
 	__s64 delta;
 	long ret;
 
@@ -561,6 +631,17 @@ int sluice_sockmap_verdict(struct __sk_buff *skb)
 		 * bytes are not lost silently (the peers see an RST). */
 		__sync_fetch_and_add(&d->dropped, len);
 		return SK_DROP;
+	}
+	over = sockmap_overlap(skb, d, &end);
+	if (over < 0 || (over > 0 && sockmap_trim(skb, (__u32)over) < 0)) {
+		sockmap_kill(p, slot, SLUICE_BPF_DEAD_SEQ, dir, d->backlog);
+		__sync_fetch_and_add(&d->dropped, len);
+		return SK_DROP;
+	}
+	if (over > 0) {
+		d->trims++;
+		d->trimmed += (__u32)over;
+		len = skb->len;
 	}
 	peer_cookie = p->cookie[dir ^ 1];
 	peer = bpf_map_lookup_elem(&sockmap_peers, &peer_cookie);
@@ -614,6 +695,7 @@ int sluice_sockmap_verdict(struct __sk_buff *skb)
 	/* Counted before the skb is queued on the peer: userspace's drain
 	 * check (written == redirected) can only wait longer, never less. */
 	__sync_fetch_and_add(&d->redirected, len);
+	d->next_seq = end;
 	__sync_fetch_and_add(&g->backlog, delta);
 	d->backlog = backlog;
 	if (backlog > d->max_backlog)

@@ -146,6 +146,8 @@ enum sluice_bpf_pair_why {         /* sluice_bpf_pair.dead_why */
 	SLUICE_BPF_DEAD_HARD_CAP = 1,   /* the direction's backlog passed the hard cap */
 	SLUICE_BPF_DEAD_GLOBAL_CAP = 2, /* the global backlog passed its cap */
 	SLUICE_BPF_DEAD_PEER_GONE = 3,  /* the peer socket left the SOCKHASH */
+	SLUICE_BPF_DEAD_SEQ = 4,        /* an skb did not continue the stream: a gap, or a
+	                                   repeat that could not be cut off */
 };
 
 struct sluice_bpf_pair_dir {
@@ -161,6 +163,11 @@ struct sluice_bpf_pair_dir {
 	__u32 pauses;               /* sockops: times the source was paused */
 	__u32 pause_req;            /* userspace 0->1->0 around its zero-length send: only
 	                               then may sockops pause (sockmap_pause says why) */
+	__u32 next_seq;             /* BPF: TCP sequence number of the source's next new byte */
+	__u32 next_inited;          /* BPF: next_seq is set */
+	__u32 trims;                /* BPF: skbs whose head repeated bytes already forwarded */
+	__u32 pad;
+	__u64 trimmed;              /* BPF: bytes cut off those heads (never forwarded twice) */
 };
 
 /* sockmap_pairs[slot]: mmap'ed by userspace (BPF_F_MMAPABLE). */

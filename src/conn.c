@@ -222,6 +222,7 @@ static void conn_log(struct sluice_conn *c)
 	if (c->datapath == SLUICE_DP_SOCKMAP) {
 		sluice_logline_u64(&l, "sockmap_pauses", c->sockmap_pauses);
 		sluice_logline_u64(&l, "sockmap_copied", c->sockmap_copied);
+		sluice_logline_u64(&l, "sockmap_trimmed", c->sockmap_trimmed);
 	}
 	if (c->tls_version) {
 		sluice_logline_str(&l, "tls_version", c->tls_version);

@@ -154,6 +154,7 @@ struct sluice_conn {
 	 * and bytes userspace copied (a FIN came while paused). */
 	uint32_t sockmap_pauses;
 	uint64_t sockmap_copied;
+	uint64_t sockmap_trimmed;      /* repeated bytes the verdict cut off (sockmap_overlap) */
 
 	struct sluice_sockaddr peer;
 	struct sluice_timer timer;     /* the current state's deadline */

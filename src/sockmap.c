@@ -136,12 +136,13 @@ static uint32_t load32(volatile const __u32 *p)
  * sources paused and resumed have delivered corrupted streams on 6.18 (an
  * echo client found its bytes differing mid-stream: tests/net/sockmap.sh
  * t_51's transfer alongside, t_52's two-sided stall, a t_55 transfer; 3 of
- * ~20 runs of the sockmap group, no kernel warning).  One-way transfers,
- * the stalls of one side and the 50 x 1 GiB soak stayed byte-exact.  The
- * likely cause is in the kernel: tcp_read_skb() hands the verdict whole
- * skbs, including the head of a retransmitted segment that overlaps bytes
- * already consumed (one sample: 568 bytes delivered twice); not proven
- * yet, and nothing sluice can correct from the verdict.
+ * ~20 runs of the sockmap group, no kernel warning).  The cause: TCP queues
+ * a retransmitted segment that overlaps bytes it already has as it is, and
+ * the kernel hands the verdict whole skbs, so the overlap went out twice
+ * (one sample: 568 bytes repeated).  The verdict now cuts such heads off
+ * (bpf/sluice.bpf.c sockmap_overlap; t_57 forges overlapping segments and
+ * fails without the cut); the refusal stays until the integrity runs say
+ * the corruption is gone.
  * SLUICE_SOCKMAP_EXPERIMENTAL=1 lifts this and the kernel check below. */
 static const char refusal[] =
 	"refused: two-way transfers that paused delivered corrupted streams in testing on 6.18 "
@@ -542,6 +543,7 @@ static const char *dead_why(uint32_t why)
 	case SLUICE_BPF_DEAD_HARD_CAP: return "hard cap";
 	case SLUICE_BPF_DEAD_GLOBAL_CAP: return "global cap";
 	case SLUICE_BPF_DEAD_PEER_GONE: return "peer left the map";
+	case SLUICE_BPF_DEAD_SEQ: return "an skb that does not continue the stream";
 	default: return "unknown";
 	}
 }
@@ -923,6 +925,7 @@ void sluice_sockmap_release(struct sluice_conn *c)
 	c->u2c.bytes = load64(&st->dir[1].redirected) + p->tail_sent[1];
 	c->sockmap_pauses = load32(&st->dir[0].pauses) + load32(&st->dir[1].pauses);
 	c->sockmap_copied = p->tail_sent[0] + p->tail_sent[1];
+	c->sockmap_trimmed = load64(&st->dir[0].trimmed) + load64(&st->dir[1].trimmed);
 	/* What this pair still counted in the global backlog. */
 	bl = (int64_t)load32(&st->dir[0].backlog) + (int64_t)load32(&st->dir[1].backlog);
 	__atomic_fetch_sub(&p->sw->sm->h.global->backlog, bl, __ATOMIC_ACQ_REL);

@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -113,17 +114,23 @@ static inline int tk_parse_u64(const char *s, uint64_t *out)
 
 /* The deterministic byte stream: splitmix64 from the seed, each output word
  * emitted little-endian.  Position-exact: any chunking yields the same bytes,
- * so echo --source N --seed S and client --send N --seed S agree. */
+ * so echo --source N --seed S and client --send N --seed S agree.
+ * Seed 0 is a stream of zero bytes: every shift of it is itself, so a
+ * test that forges TCP segments at other offsets of the stream (the
+ * sockmap overlap test) stays consistent, and a byte delivered twice
+ * shows as a stream too long. */
 struct tk_prng {
 	uint64_t state;
 	uint8_t word[8];
 	unsigned used;  /* bytes of word[] already handed out; 8 = empty */
+	bool zero;
 };
 
 static inline void tk_prng_init(struct tk_prng *p, uint64_t seed)
 {
 	p->state = seed;
 	p->used = 8;
+	p->zero = seed == 0;
 }
 
 static inline uint64_t tk_splitmix64(uint64_t *s)
@@ -136,6 +143,10 @@ static inline uint64_t tk_splitmix64(uint64_t *s)
 
 static inline void tk_prng_fill(struct tk_prng *p, uint8_t *buf, size_t n)
 {
+	if (p->zero) {
+		memset(buf, 0, n);
+		return;
+	}
 	while (n > 0 && p->used < 8) {
 		*buf++ = p->word[p->used++];
 		n--;

@@ -15,6 +15,11 @@
 #   fin       client --fin-on-pause with its reads paused: the FIN reaches a
 #             paused client socket that still holds bytes, so sluice copies
 #             the tail itself; byte-exact both ways, sockmap_copied > 0
+#   overlap   tests/net/overlap.bpf.o on lo's egress sends some segments
+#             twice, once with a head the receiver already has (what a
+#             retransmission can do); 3 x 8 MiB of zero bytes each way:
+#             byte-exact, and the verdict cut the repeated heads off
+#             (sockmap_trimmed > 0)
 #   after     sockmap_global backlog 0 and no dead pair (bpftool), no kernel
 #             warning in dmesg (e.g. "TCP recvmsg seq # bug")
 . /guest-lib.sh
@@ -26,9 +31,11 @@ for f in "$@"; do
 	*/client) CLIENT=$f ;;
 	*/jq) JQ=$f ;;
 	*/bpftool) BPFTOOL=$f ;;
+	*/tc) TC=$f ;;
+	*/overlap.bpf.o) OVERLAP=$f ;;
 	esac
 done
-: "${SLUICE:?}" "${ECHO:?}" "${CLIENT:?}" "${JQ:?}" "${BPFTOOL:?}"
+: "${SLUICE:?}" "${ECHO:?}" "${CLIENT:?}" "${JQ:?}" "${BPFTOOL:?}" "${TC:?}" "${OVERLAP:?}"
 PIN=/sys/fs/bpf/sluice LOG=/tmp/sluice-sockmap.log
 
 mkdir -p /sys/fs/bpf /sys/fs/cgroup
@@ -139,6 +146,21 @@ while [ $i -lt 3 ] && [ "$copied" = 0 ]; do
 	[ $EXACT = 0 ] || copied=$(printf '%s' "$cl" | "$JQ" '.sockmap_copied // 0')
 done
 check fin_tail_copied [ "$copied" -gt 0 ]
+
+# overlap
+n0=$(closes | wc -l)
+"$TC" qdisc add dev lo clsact && "$TC" filter add dev lo egress bpf direct-action obj "$OVERLAP" sec tc
+i=0
+while [ $i -lt 3 ]; do
+	out=$("$CLIENT" --connect 127.0.0.1:7004 --send 8M --half-close --seed 0 --timeout 180)
+	echo_check "overlap_${i}_8M_zero_bytes" "$out" ".sent == 8388608"
+	i=$((i + 1))
+done
+"$TC" qdisc del dev lo clsact
+wait_closes $((n0 + 3))
+cl=$(closes | tail -3 | "$JQ" -s -c '{ok: map(select(.result == "ok")) | length, trimmed: map(.sockmap_trimmed) | add}')
+echo "overlap: $cl"
+jcheck overlap_cut_off "$cl" '.ok == 3 and .trimmed > 0'
 
 # after
 g=$("$BPFTOOL" -j map dump pinned $PIN/sockmap_global | "$JQ" -c '.[0].formatted.value')
