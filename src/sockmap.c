@@ -131,26 +131,9 @@ static uint32_t load32(volatile const __u32 *p)
 
 /* ---- policy ---- */
 
-/* Why the datapath is refused on every kernel for now
- * (docs/architecture.md, "The sockmap datapath"): two-way transfers whose
- * sources paused and resumed have delivered corrupted streams on 6.18 (an
- * echo client found its bytes differing mid-stream: tests/net/sockmap.sh
- * t_51's transfer alongside, t_52's two-sided stall, a t_55 transfer; 3 of
- * ~20 runs of the sockmap group, no kernel warning).  The cause: TCP queues
- * a retransmitted segment that overlaps bytes it already has as it is, and
- * the kernel hands the verdict whole skbs, so the overlap went out twice
- * (one sample: 568 bytes repeated).  The verdict now cuts such heads off
- * (bpf/sluice.bpf.c sockmap_overlap; t_57 forges overlapping segments and
- * fails without the cut); the refusal stays until the integrity runs say
- * the corruption is gone.
- * SLUICE_SOCKMAP_EXPERIMENTAL=1 lifts this and the kernel check below. */
-static const char refusal[] =
-	"refused: two-way transfers that paused delivered corrupted streams in testing on 6.18 "
-	"(cause not found); see docs/architecture.md";
-
-/* The kernels the datapath has been through, once the refusal above is
- * gone: the host's 6.18 (tests/net/sockmap.sh, make soak) and Debian 12's
- * 6.1 in the VM (tests/vm/sockmap.sh).  Both run the verdict from
+/* The kernels the datapath has been through: the host's 6.18
+ * (tests/net/sockmap.sh, make soak) and Debian 12's 6.1 in the VM
+ * (tests/vm/sockmap.sh).  Both run the verdict from
  * tcp_read_skb(), which 6.0 introduced for sockmap; older kernels feed it
  * through strparser/tcp_read_sock, a path none of the pause, the tail copy
  * or the tests have been through, so sluice splices there. */
@@ -182,7 +165,7 @@ int sluice_sockmap_open(struct sluice_bpf *b, const struct sluice_config *cfg, s
 	uint32_t i;
 
 	*out = NULL;
-	if (!getenv("SLUICE_SOCKMAP_EXPERIMENTAL") || strcmp(getenv("SLUICE_SOCKMAP_EXPERIMENTAL"), "1") != 0) {
+	{
 		struct utsname u;
 
 		if (uname(&u) < 0) {
@@ -191,8 +174,6 @@ int sluice_sockmap_open(struct sluice_bpf *b, const struct sluice_config *cfg, s
 		}
 		if (!sluice_sockmap_kernel_ok(u.release, why, whylen))
 			return SLUICE_ERR;
-		snprintf(why, whylen, "%s", refusal);
-		return SLUICE_ERR;
 	}
 	sm = calloc(1, sizeof(*sm));
 	if (!sm) {

@@ -33,8 +33,7 @@ int sluice_sockmap_kernel_ok(const char *release, char *why, size_t whylen);
 
 /* Prepares the datapath on a loaded BPF object.  SLUICE_OK, or SLUICE_ERR
  * with the reason in why: the verdict could not be attached, or the kernel
- * is refused (sluice_sockmap_kernel_ok; SLUICE_SOCKMAP_EXPERIMENTAL=1
- * skips that check). */
+ * is refused (sluice_sockmap_kernel_ok). */
 int sluice_sockmap_open(struct sluice_bpf *b, const struct sluice_config *cfg, struct sluice_sockmap **out,
                         char *why, size_t whylen);
 void sluice_sockmap_close(struct sluice_sockmap *sm);
