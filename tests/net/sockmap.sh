@@ -328,7 +328,12 @@ sm_soak() {
 
 t_55_sockmap_integrity_with_random_stalls() {
 	# 8 x 128 MiB (4 x 32 MiB under a sanitizer); tests/soak runs 50 x 1 GiB.
-	if [ -n "${SLUICE_SANITIZER:-}" ]; then sm_soak 4 $((32 << 20)); else sm_soak ${SM_SOAK_N:-8} ${SM_SOAK_SIZE:-$((128 << 20))}; fi
+	# Under a sanitizer the worker reacts several times slower, so the
+	# pause can come after the default 16 MiB hard cap and the pair is
+	# reset (docs/architecture.md, "The pause is not instant": seen once in
+	# CI's ASan run, 16,756,792 bytes).  This test is about the bytes; t_52
+	# and t_53 test the caps, so here the hard cap is 64 MiB.
+	if [ -n "${SLUICE_SANITIZER:-}" ]; then SM_HARD=64M sm_soak 4 $((32 << 20)); else sm_soak ${SM_SOAK_N:-8} ${SM_SOAK_SIZE:-$((128 << 20))}; fi
 }
 
 
