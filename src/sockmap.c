@@ -162,19 +162,16 @@ int sluice_sockmap_open(struct sluice_bpf *b, const struct sluice_config *cfg, s
                         char *why, size_t whylen)
 {
 	struct sluice_sockmap *sm;
+	struct utsname u;
 	uint32_t i;
 
 	*out = NULL;
-	{
-		struct utsname u;
-
-		if (uname(&u) < 0) {
-			snprintf(why, whylen, "uname: %s", strerror(errno));
-			return SLUICE_ERR;
-		}
-		if (!sluice_sockmap_kernel_ok(u.release, why, whylen))
-			return SLUICE_ERR;
+	if (uname(&u) < 0) {
+		snprintf(why, whylen, "uname: %s", strerror(errno));
+		return SLUICE_ERR;
 	}
+	if (!sluice_sockmap_kernel_ok(u.release, why, whylen))
+		return SLUICE_ERR;
 	sm = calloc(1, sizeof(*sm));
 	if (!sm) {
 		snprintf(why, whylen, "out of memory");

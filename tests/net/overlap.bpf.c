@@ -43,7 +43,10 @@ int overlap(struct __sk_buff *skb)
 	struct ethhdr *eth = data;
 	struct iphdr *ip;
 	struct tcphdr *th;
-	__u32 seq, shifted, payload, off;
+	/* where the copy's sequence number and checksum sit */
+	const __u32 seq_off = sizeof(*eth) + sizeof(*ip) + offsetof(struct tcphdr, seq);
+	const __u32 csum_off = sizeof(*eth) + sizeof(*ip) + offsetof(struct tcphdr, check);
+	__u32 seq, shifted, payload;
 
 	if (skb->mark == MARK_COPY)
 		return TC_ACT_OK;       /* our own copy, coming through again */
@@ -65,20 +68,17 @@ int overlap(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	seq = th->seq;
 	shifted = bpf_htonl(bpf_ntohl(seq) - OVERLAP_SHIFT);
-	off = sizeof(*eth) + sizeof(*ip) + offsetof(struct tcphdr, seq);
 	/* The copy: shifted seq (checksum fixed), sent now, before the
 	 * original; the original then goes on unchanged. */
-	if (bpf_l4_csum_replace(skb, sizeof(*eth) + sizeof(*ip) + offsetof(struct tcphdr, check), seq, shifted,
-	                        sizeof(seq)) < 0 ||
-	    bpf_skb_store_bytes(skb, off, &shifted, sizeof(shifted), 0) < 0)
+	if (bpf_l4_csum_replace(skb, csum_off, seq, shifted, sizeof(seq)) < 0 ||
+	    bpf_skb_store_bytes(skb, seq_off, &shifted, sizeof(shifted), 0) < 0)
 		return TC_ACT_OK;
 	skb->mark = MARK_COPY;
 	if (bpf_clone_redirect(skb, skb->ifindex, 0) == 0)
 		__sync_fetch_and_add(&doubled, 1);
 	skb->mark = 0;
-	if (bpf_l4_csum_replace(skb, sizeof(*eth) + sizeof(*ip) + offsetof(struct tcphdr, check), shifted, seq,
-	                        sizeof(seq)) < 0 ||
-	    bpf_skb_store_bytes(skb, off, &seq, sizeof(seq), 0) < 0)
+	if (bpf_l4_csum_replace(skb, csum_off, shifted, seq, sizeof(seq)) < 0 ||
+	    bpf_skb_store_bytes(skb, seq_off, &seq, sizeof(seq), 0) < 0)
 		return TC_ACT_SHOT;     /* cannot restore it: TCP retransmits */
 	return TC_ACT_OK;
 }

@@ -367,8 +367,9 @@ t_57_sockmap_overlapping_segments_not_repeated() {
 	# that kept the datapath refused).  overlap.bpf.o makes such segments
 	# on demand; the transfers are zero bytes (client --seed 0), so a
 	# repeated head shows as a stream too long.  Through splice as the
-	# control, then sockmap: both byte-exact, and the verdict counted what
-	# it cut off (sockmap_trimmed), as much as the kernel saw (DSACKs).
+	# control, then sockmap: both byte-exact; the kernel saw overlaps
+	# (DSACKs on the proxy host) and the verdict cut some off
+	# (sockmap_trimmed), else the test proved nothing.
 	local i out n=${SM_OVERLAP_N:-6} size=$((16 << 20)) port k trimmed bad d0 d1 dsack
 	SM_POOL=web sm_config $WORK/c.yaml; sluice_start $WORK/c.yaml 5004
 	overlap_on
