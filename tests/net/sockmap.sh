@@ -155,11 +155,14 @@ t_56_sockmap_fin_while_paused_is_copied() {
 	# userspace copies what its receive queue still holds (dir_tail).  The
 	# upstream reads nothing for 2 s; the client (--fin-on-pause) sends until the
 	# proxy's socket stops draining (its window halves: paused), then
-	# half-closes at once.  Each run must copy, end ok and be byte-exact:
-	# the copy must not lose, duplicate or reorder.
+	# half-closes at once.  Each run must pause, end ok and be byte-exact
+	# (the copy must not lose, duplicate or reorder), and at least 2 of the
+	# 4 must have copied: the FIN usually meets the paused socket, but the
+	# source can resume just before it (seen once in CI: 3 pauses, nothing
+	# left to copy), and then the FIN takes the verdict's path.
 	SM_PAIR=64K SM_HARD=16M SM_POOL=fault sm_config $WORK/c.yaml; sluice_start $WORK/c.yaml 5004
 	fault_start --mode slow --rate 1e12 --stall 2 --rcvbuf 65536
-	local i out cl f
+	local i out cl f copied=0
 	for i in 1 2 3 4; do
 		out=$(client --connect 198.18.0.1:5004 --send 64M --fin-on-pause --expect-any --seed $((70 + i)) --timeout 30) || true
 		expect_json "$out" '.error == null and .paused_seen' "run $i: the window halved, then the client half-closed" || return 1
@@ -169,9 +172,11 @@ t_56_sockmap_fin_while_paused_is_copied() {
 			"run $i: the upstream read every byte in order, then the FIN" || return 1
 		cl=$(closes '.listener=="sm"' | tail -1)
 		log "   run $i: $(printf '%s' "$out" | jq -c '{sent}') $(printf '%s' "$cl" | jq -c '{result,sockmap_pauses,sockmap_copied,duration_ms}')"
-		expect_json "$cl" ".result==\"ok\" and .sockmap_pauses >= 1 and .sockmap_copied > 0" \
-			"run $i: paused, then the tail copied the rest" || return 1
+		expect_json "$cl" ".result==\"ok\" and .sockmap_pauses >= 1" "run $i: paused, ended ok" || return 1
+		if [ "$(printf '%s' "$cl" | jq '.sockmap_copied')" -gt 0 ]; then copied=$((copied + 1)); fi
 	done
+	log "   $copied of 4 runs ended with a tail copy"
+	[ $copied -ge 2 ] || { log "FAIL: only $copied of 4 runs had the FIN meet a paused socket: the tail copy was barely exercised"; return 1; }
 	fault_stop
 	sluice_stop
 }
