@@ -47,6 +47,14 @@ clients:
 YAML
 }
 
+# sm_log_has REGEX: the running sluice's log gets a line matching REGEX
+# within 5 s (start-up lines can land just after the port opens)
+sm_log_has() {
+	local i
+	for i in $(seq 50); do grep -qE "$1" "$SLUICE_LOG" && return 0; sleep 0.1; done
+	return 1
+}
+
 # sm_dp_conns: connections counted on datapath_stats index 4 (sockmap)
 sm_dp_conns() {
 	bpf_map datapath_stats | jq '[.[] | select(.formatted.key == 4) | .formatted.values[].value.conns] | add // 0'
@@ -56,7 +64,7 @@ t_50_sockmap_bulk_one_and_32() {
 	# 64 MiB each way through one pair, then 32 pairs at once; every byte
 	# checked; the close lines say sockmap; datapath_stats[4] counts them.
 	sm_config $WORK/c.yaml; sluice_start $WORK/c.yaml 5004
-	grep -q '"event":"sockmap".*caps' "$SLUICE_LOG" || { log "FAIL: no sockmap start-up line"; return 1; }
+	sm_log_has '"event":"sockmap".*caps' || { log "FAIL: no sockmap start-up line"; return 1; }
 	local out
 	out=$(client --connect 198.18.0.1:5004 --send $BULK --half-close --seed 50 --timeout 60) || true
 	sm_echo_ok "$out" "one pair, $BULK bytes each way" || return 1
@@ -259,7 +267,7 @@ t_54_sockmap_by_default_and_fallbacks() {
 	# (tests/unit/test_sockmap.c: the policy from uname -r strings).
 	local out
 	BPF_MODE=auto sm_config $WORK/c.yaml; sluice_start $WORK/c.yaml 5004
-	grep '"event":"sockmap"' "$SLUICE_LOG" | grep -q 'backlog caps' || { log "FAIL: no sockmap start line"; return 1; }
+	sm_log_has '"event":"sockmap".*backlog caps' || { log "FAIL: no sockmap start line"; return 1; }
 	out=$(client --connect 198.18.0.1:5004 --send 1M --half-close --seed 60)
 	sha_ok "$out" "1 MiB under bpf.mode auto"
 	wait_closes 1 '.listener=="sm"'
@@ -272,7 +280,7 @@ t_54_sockmap_by_default_and_fallbacks() {
 	expect_json "$(closes '.listener=="sm"')" '.result=="ok" and .datapath=="sockmap"' "require: it used sockmap"
 	sluice_stop
 	BPF_MODE=off sm_config $WORK/c.yaml; sluice_start $WORK/c.yaml 5004
-	grep -q '"event":"sockmap".*BPF unavailable' "$SLUICE_LOG" || { log "FAIL: no warning without BPF"; return 1; }
+	sm_log_has '"event":"sockmap".*BPF unavailable' || { log "FAIL: no warning without BPF"; return 1; }
 	log "   without BPF: $(grep '"event":"sockmap"' "$SLUICE_LOG" | jq -r .msg)"
 	out=$(client --connect 198.18.0.1:5004 --send 1M --half-close --seed 63)
 	sha_ok "$out" "1 MiB without BPF"
