@@ -84,6 +84,12 @@ SPID=$!
 if ! waitport 7004 60; then
 	fail start "sluice did not listen"; tail -5 "$LOG"; summary; exit 1
 fi
+# The listeners open before the start-up lines are flushed: wait (5 s at
+# most, on TCG) for the sockmap one rather than grep once.
+for _ in $(seq 50); do
+	grep -aq '"event":"sockmap".*backlog caps' "$LOG" && break
+	sleep 0.1
+done
 grep -a '"event":"sockmap"' "$LOG" | head -2
 check sockmap_on grep -aq '"event":"sockmap".*backlog caps' "$LOG"
 
