@@ -34,9 +34,17 @@
 #   VM_TIMEOUT  host-side limit for boot+test in seconds (default 600); the
 #               guest script gets VM_TIMEOUT-30 (half, below 60) and is killed
 #               after that with rc 137, so its VMRESULT line still lands
+#   VM_SUITE    Debian suite to take linux-image-cloud-amd64 from (default:
+#               the host's own apt sources, i.e. bookworm's 6.1). Any other
+#               suite, e.g. trixie-backports (7.x, which can rekey kTLS), is
+#               fetched with apt's signature checks through a private
+#               sources list and package lists under VM_DIR/apt-SUITE; the
+#               host's apt configuration is not touched.
 #   VM_KVER     kernel ABI to use, e.g. 6.1.0-56-cloud-amd64 (default: what
-#               linux-image-cloud-amd64 depends on in the apt cache)
-#   VM_MODULES  modules to load (default: the kTLS set for AES-GCM + ChaCha20)
+#               linux-image-cloud-amd64 depends on in VM_SUITE)
+#   VM_MODULES  modules to load (default: the kTLS set for AES-GCM + ChaCha20);
+#               a name ending in ? is skipped where the kernel has no such
+#               module (the crypto modules were renamed and merged in 6.1x)
 #   VM_MEM      guest memory in MiB (default 1024)
 #   VM_DIR      cache and work directory (default build/vm); runs sharing
 #               one VM_DIR are serialized by a lock
@@ -61,7 +69,10 @@ VM_TIMEOUT=${VM_TIMEOUT:-600}
 VM_MEM=${VM_MEM:-1024}
 # gcm and chacha20poly1305 reach their parts through crypto templates
 # (request_module), not symbols, so modinfo can't find them: they are named here.
-VM_MODULES=${VM_MODULES:-"gf128mul ghash-generic ctr gcm libchacha chacha_generic libpoly1305 poly1305_generic chacha20poly1305 tls"}
+# 6.1 has ghash-generic, chacha_generic and poly1305_generic; 7.x has
+# ghash and poly1305 in the library (built in) and the cipher as chacha.
+VM_MODULES=${VM_MODULES:-"gf128mul ghash-generic? ctr gcm libchacha chacha_generic? chacha? libpoly1305 poly1305_generic? chacha20poly1305 tls"}
+VM_SUITE=${VM_SUITE:-}
 case "$VM_TIMEOUT" in ''|*[!0-9]*) echo "vm: VM_TIMEOUT must be seconds" >&2; exit 2 ;; esac
 GUEST_TIMEOUT=$((VM_TIMEOUT > 60 ? VM_TIMEOUT - 30 : VM_TIMEOUT / 2))
 
@@ -102,62 +113,104 @@ BUSYBOX=/bin/busybox
 if ldd "$BUSYBOX" >/dev/null 2>&1; then echo "vm: $BUSYBOX is dynamic: install busybox-static" >&2; exit 1; fi
 
 # --- kernel ---------------------------------------------------------------
+# APT runs apt-get/apt-cache on the host's sources, or on VM_SUITE's own.
+APT=()
+if [ -n "$VM_SUITE" ]; then
+	case "$VM_SUITE" in *[!a-z0-9-]*) echo "vm: VM_SUITE must be a Debian suite name" >&2; exit 2 ;; esac
+	A=$VM_DIR/apt-$VM_SUITE
+	mkdir -p "$A/lists/partial" "$A/cache/archives/partial"
+	echo "deb http://deb.debian.org/debian $VM_SUITE main" >"$A/sources.list"
+	# Signatures are checked against the host's Debian archive keyring as
+	# for any other apt source; only the lists and the cache are private.
+	APT=(-o "Dir::Etc::SourceList=$A/sources.list" -o Dir::Etc::SourceParts=/nonexistent
+	     -o "Dir::State::Lists=$A/lists" -o "Dir::Cache=$A/cache")
+fi
+suite_update() {
+	if [ -n "$VM_SUITE" ]; then apt-get "${APT[@]}" update -qq; else apt_update; fi
+}
 kver_from_apt() {
-	apt-cache depends linux-image-cloud-amd64 2>/dev/null |
+	{ apt-cache "${APT[@]}" depends linux-image-cloud-amd64 2>/dev/null || true; } |
 		sed -n 's/^ *Depends: linux-image-\(.*-cloud-amd64\)$/\1/p' | head -1
 }
-cached_deb() {
-	compgen -G "$VM_DIR/linux-image-${KVER}_*_amd64.deb" | tail -1 || true
+# Up to 6.x the kernel, its modules and its config are one package; 7.x
+# splits them into linux-image (empty), -binary (vmlinuz), -modules and
+# -base (config, modules.builtin): every dependency named after the ABI.
+kernel_pkgs() {
+	echo "linux-image-$KVER"
+	{ apt-cache "${APT[@]}" depends "linux-image-$KVER" 2>/dev/null || true; } |
+		sed -n "s/^ *Depends: \(linux-[a-z-]*-$KVER\)\$/\1/p" | sort -u
+}
+cached_debs() {
+	local p f
+	for p in $(kernel_pkgs); do
+		f=$(compgen -G "$VM_DIR/${p}_*_amd64.deb" | tail -1 || true)
+		[ -n "$f" ] || return 1
+		echo "$f"
+	done
 }
 apt_download() {
 	# apt-get download writes into cwd; as root it warns that the _apt
 	# sandbox user can't write there, which is harmless.
-	(cd "$VM_DIR" && apt-get download -q "linux-image-$KVER" 2>&1) | sed '/unsandboxed as root/d'
+	# shellcheck disable=SC2046 # a list of package names
+	(cd "$VM_DIR" && apt-get "${APT[@]}" download -q $(kernel_pkgs) 2>&1) | sed '/unsandboxed as root/d'
+	cached_debs >/dev/null
 }
 KVER=${VM_KVER:-$(kver_from_apt)}
-if [ -z "$KVER" ]; then
+if [ -z "$KVER" ] && [ -z "$VM_SUITE" ]; then
 	# A fresh container has no package lists: a cached kernel will do if
 	# there is exactly one, else ask the mirror.
 	cached=$(compgen -G "$VM_DIR/kernel/*/.complete" || true)
 	if [ -n "$cached" ] && [ "$(wc -l <<<"$cached")" = 1 ]; then
 		KVER=$(basename "$(dirname "$cached")")
-	else
-		apt_update
-		KVER=$(kver_from_apt)
 	fi
 fi
+if [ -z "$KVER" ]; then
+	suite_update
+	KVER=$(kver_from_apt)
+fi
 [ -n "$KVER" ] || { echo "vm: cannot tell which linux-image-*-cloud-amd64 to use (set VM_KVER)" >&2; exit 1; }
-if [ ! -f "$VM_DIR/kernel/$KVER/.complete" ]; then
-	deb=$(cached_deb)
-	if [ -z "$deb" ]; then
-		echo "vm: downloading linux-image-$KVER"
+KROOT=$VM_DIR/kernel/$KVER
+if [ ! -f "$KROOT/.complete" ]; then
+	if ! debs=$(cached_debs); then
+		echo "vm: downloading $(kernel_pkgs | tr '\n' ' ')"
 		if ! apt_download; then
 			# Stale package lists name an ABI the mirror has since dropped.
-			apt_update
+			suite_update
 			[ -n "${VM_KVER:-}" ] || KVER=$(kver_from_apt)
-			if [ ! -f "$VM_DIR/kernel/$KVER/.complete" ] && ! apt_download; then
+			KROOT=$VM_DIR/kernel/$KVER
+			if [ ! -f "$KROOT/.complete" ] && ! apt_download; then
 				echo "vm: cannot download linux-image-$KVER" >&2; exit 1
 			fi
 		fi
-		deb=$(cached_deb)
+		debs=$(cached_debs || true)
 	fi
 fi
-KROOT=$VM_DIR/kernel/$KVER
 if [ ! -f "$KROOT/.complete" ]; then
-	[ -n "$deb" ] || { echo "vm: download of linux-image-$KVER failed" >&2; exit 1; }
-	echo "vm: using $(basename "$deb") ($(stat -c %s "$deb") bytes)"
+	[ -n "$debs" ] || { echo "vm: download of linux-image-$KVER failed" >&2; exit 1; }
 	rm -rf "$KROOT" "$KROOT.tmp"
 	mkdir -p "$KROOT.tmp"
-	dpkg-deb -x "$deb" "$KROOT.tmp"
+	for deb in $debs; do
+		echo "vm: using $(basename "$deb") ($(stat -c %s "$deb") bytes)"
+		dpkg-deb -x "$deb" "$KROOT.tmp"
+	done
 	touch "$KROOT.tmp/.complete"
 	mv "$KROOT.tmp" "$KROOT"
-	# Keep one kernel: older .debs and trees are dead weight in CI caches.
-	for old in "$VM_DIR"/kernel/*; do [ "$old" = "$KROOT" ] || rm -rf "$old"; done
-	for old in "$VM_DIR"/linux-image-*.deb; do [ "$old" = "$deb" ] || rm -f "$old"; done
+	# Keep one kernel per suite: older .debs and trees are dead weight in
+	# CI caches. A tree records its suite so that the other suite's stays.
+	echo "${VM_SUITE:-host}" >"$KROOT/.suite"
+	for old in "$VM_DIR"/kernel/*; do
+		[ "$old" = "$KROOT" ] && continue
+		[ "$(cat "$old/.suite" 2>/dev/null || echo host)" = "${VM_SUITE:-host}" ] || continue
+		for deb in "$VM_DIR"/linux-*"-$(basename "$old")"_*.deb; do rm -f "$deb"; done
+		rm -rf "$old"
+	done
 fi
+# 6.x: boot/vmlinuz-KVER and lib/modules/KVER; 7.x: all under usr/lib/modules/KVER.
 VMLINUZ=$KROOT/boot/vmlinuz-$KVER
 MODDIR=$KROOT/lib/modules/$KVER
-if [ ! -f "$VMLINUZ" ] || [ ! -d "$MODDIR" ]; then echo "vm: $KROOT lacks vmlinuz or modules" >&2; exit 1; fi
+[ -f "$VMLINUZ" ] || VMLINUZ=$KROOT/usr/lib/modules/$KVER/vmlinuz
+[ -d "$MODDIR" ] || MODDIR=$KROOT/usr/lib/modules/$KVER
+if [ ! -f "$VMLINUZ" ] || [ ! -d "$MODDIR/kernel" ]; then echo "vm: $KROOT lacks vmlinuz or modules" >&2; exit 1; fi
 
 # --- initramfs --------------------------------------------------------------
 R=$VM_DIR/initramfs
@@ -184,14 +237,16 @@ done < <(find "$MODDIR/kernel" -name '*.ko' -o -name '*.ko.xz')
 declare -A MODSEEN=()
 MODORDER=()
 addmod() {
-	local key=${1//-/_} dep
+	local name=${1%\?} key dep
+	key=${name//-/_}
 	[ -z "${MODSEEN[$key]:-}" ] || return 0
 	MODSEEN[$key]=1
 	if [ -z "${MODPATH[$key]:-}" ]; then
 		# Built in: nothing to load.
 		awk -F/ -v k="$key" '{ n = $NF; sub(/\.ko.*/, "", n); gsub(/-/, "_", n) } n == k { f = 1 }
 			END { exit !f }' "$MODDIR/modules.builtin" && return 0
-		echo "vm: module $1 not found in $KVER" >&2; exit 1
+		[ "$name" != "$1" ] && return 0   # optional: not in this kernel
+		echo "vm: module $name not found in $KVER" >&2; exit 1
 	fi
 	for dep in $("$MODINFO" -F depends "${MODPATH[$key]}" | tr ',' ' '); do addmod "$dep"; done
 	MODORDER+=("$key")
