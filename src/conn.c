@@ -230,6 +230,8 @@ static void conn_log(struct sluice_conn *c)
 		sluice_logline_bool(&l, "resumed", c->resumed);
 		sluice_logline_bool(&l, "ktls_tx", c->client.ktls_tx);
 		sluice_logline_bool(&l, "ktls_rx", c->client.ktls_rx);
+		if (c->client.ktls_rx && strcmp(c->tls_version, "TLSv1.3") == 0)
+			sluice_logline_u64(&l, "key_updates", c->key_updates);
 		if (c->ktls_why)
 			sluice_logline_str(&l, "ktls_detail", c->ktls_why);
 	}
@@ -520,7 +522,11 @@ static int conn_ktls_engage(struct sluice_conn *c)
 		return 0;
 	sluice_ktls_engage(s->ssl, s->io.fd, c->secret ? c->secret : &none, &s->ktls_tx, &s->ktls_rx,
 	                   why, sizeof(why));
-	conn_secret_drop(c);
+	/* The secrets stay only where a KeyUpdate can be followed: TLS 1.3
+	 * with both directions in a kernel that rekeys.  Elsewhere a
+	 * KeyUpdate ends the connection and they are of no use. */
+	if (!(c->w->proxy->ktls_rekey && s->ktls_tx && s->ktls_rx && SSL_version(s->ssl) == TLS1_3_VERSION))
+		conn_secret_drop(c);
 	if (why[0])
 		c->ktls_why = strdup(why);   /* for the log only: NULL on ENOMEM is fine */
 	if (s->ktls_tx && !s->ktls_rx && SSL_version(s->ssl) == TLS1_3_VERSION) {

@@ -6,7 +6,9 @@
  * (OpenSSL's default) OpenSSL stops reading exactly at the client's
  * Finished, so whatever follows is still in the socket and decrypts under
  * the key installed with record sequence 0; a TLS 1.3 KeyUpdate cannot be
- * followed on kernels without the rekey series (6.1 answers EBUSY). */
+ * followed on kernels without the rekey series (6.1 answers EBUSY; 6.14
+ * and later take a new key through the same socket options, measured on
+ * 7.3 in the VM). */
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -85,28 +87,44 @@ static int hexval(char ch)
 	return -1;
 }
 
-/* OpenSSL calls this with "LABEL CLIENT_RANDOM SECRET" (NSS key log
- * format); only the client's first application traffic secret is kept. */
-static void keylog_cb(const SSL *ssl, const char *line)
+/* Hex to bytes; returns the count, stopping at the first non-hex pair. */
+static size_t unhex(const char *hex, unsigned char *out, size_t cap)
 {
-	static const char label[] = "CLIENT_TRAFFIC_SECRET_0 ";
-	struct sluice_ktls_secret *s = SSL_get_ex_data(ssl, secret_idx);
-	const char *hex;
 	size_t n = 0;
 
-	if (!s || strncmp(line, label, sizeof(label) - 1) != 0)
-		return;
-	hex = strchr(line + sizeof(label) - 1, ' ');
-	if (!hex)
-		return;
-	for (hex++; hex[0] && hex[1] && n < sizeof(s->client); hex += 2) {
+	for (; hex[0] && hex[1] && n < cap; hex += 2) {
 		int hi = hexval(hex[0]), lo = hexval(hex[1]);
 
 		if (hi < 0 || lo < 0)
 			break;
-		s->client[n++] = (unsigned char)(hi << 4 | lo);
+		out[n++] = (unsigned char)(hi << 4 | lo);
 	}
-	s->len = n;
+	return n;
+}
+
+/* OpenSSL calls this with "LABEL CLIENT_RANDOM SECRET" (NSS key log
+ * format); only the first application traffic secrets are kept: the
+ * client's for the receive key, the server's for rekeying the send key
+ * that OpenSSL installed from it. */
+static void keylog_cb(const SSL *ssl, const char *line)
+{
+	static const char client[] = "CLIENT_TRAFFIC_SECRET_0 ", server[] = "SERVER_TRAFFIC_SECRET_0 ";
+	struct sluice_ktls_secret *s = SSL_get_ex_data(ssl, secret_idx);
+	bool is_client = strncmp(line, client, sizeof(client) - 1) == 0;
+	const char *hex;
+
+	if (!s || (!is_client && strncmp(line, server, sizeof(server) - 1) != 0))
+		return;
+	hex = strchr(line + sizeof(client) - 1, ' ');   /* both labels are as long */
+	if (!hex)
+		return;
+	if (is_client) {
+		s->len = unhex(hex + 1, s->client, sizeof(s->client));
+	} else {
+		size_t n = unhex(hex + 1, s->server, sizeof(s->server));
+
+		s->have_server = n > 0;
+	}
 }
 
 int sluice_ktls_init(void)
@@ -168,7 +186,11 @@ static int hkdf_expand_label(const EVP_MD *md, const unsigned char *secret, size
 	return ok;
 }
 
-static int install_rx13(SSL *ssl, int fd, const struct sluice_ktls_secret *s, char *why, size_t whylen)
+/* Installs a TLS 1.3 key derived from one traffic secret (RFC 8446 7.3)
+ * with record sequence 0 as the socket's receive (TLS_RX) or send (TLS_TX)
+ * key: the first receive key, and every key after a KeyUpdate. */
+static int install13(SSL *ssl, int fd, const unsigned char *secret, size_t slen, int optname,
+                     char *why, size_t whylen)
 {
 	const SSL_CIPHER *cipher = SSL_get_current_cipher(ssl);
 	const EVP_MD *md = cipher ? SSL_CIPHER_get_handshake_digest(cipher) : NULL;
@@ -188,17 +210,17 @@ static int install_rx13(SSL *ssl, int fd, const struct sluice_ktls_secret *s, ch
 		snprintf(why, whylen, "cipher %s has no kernel offload", cipher ? SSL_CIPHER_get_name(cipher) : "?");
 		return -1;
 	}
-	if (!md || s->len != (size_t)EVP_MD_get_size(md)) {
-		snprintf(why, whylen, "client traffic secret not captured");
+	if (!md || slen != (size_t)EVP_MD_get_size(md)) {
+		snprintf(why, whylen, "%s traffic secret not captured", optname == TLS_RX ? "client" : "server");
 		return -1;
 	}
-	if (!hkdf_expand_label(md, s->client, s->len, "key", key, klen) ||
-	    !hkdf_expand_label(md, s->client, s->len, "iv", iv, sizeof(iv))) {
+	if (!hkdf_expand_label(md, secret, slen, "key", key, klen) ||
+	    !hkdf_expand_label(md, secret, slen, "iv", iv, sizeof(iv))) {
 		snprintf(why, whylen, "HKDF-Expand-Label failed");
 		goto out;
 	}
-	/* rec_seq stays 0: the first record after Finished is number 0 under
-	 * the application traffic key (RFC 8446 5.3). */
+	/* rec_seq stays 0: the first record under a new traffic key, after
+	 * Finished or after a KeyUpdate, is number 0 (RFC 8446 5.3). */
 	switch (id) {
 	case 0x1301:  /* TLS_AES_128_GCM_SHA256: 4-byte salt + 8-byte explicit iv */
 		ci.g128.info.version = TLS_1_3_VERSION;
@@ -235,10 +257,12 @@ static int install_rx13(SSL *ssl, int fd, const struct sluice_ktls_secret *s, ch
 			goto out;
 		}
 	}
-	if (setsockopt(fd, SOL_TLS, TLS_RX, &ci, cilen) < 0) {
+	if (setsockopt(fd, SOL_TLS, optname, &ci, cilen) < 0) {
 		/* ENOPROTOOPT: no tls ULP; EINVAL/ENOTSUPP: cipher not built into
-		 * this kernel (e.g. chacha20poly1305 module absent); EBUSY: set. */
-		snprintf(why, whylen, "setsockopt TLS_RX: %s", strerror(errno));
+		 * this kernel (e.g. chacha20poly1305 module absent); EBUSY: a key
+		 * is set and this kernel cannot replace it (before 6.14). */
+		snprintf(why, whylen, "setsockopt %s: %s", optname == TLS_RX ? "TLS_RX" : "TLS_TX",
+		         strerror(errno));
 		goto out;
 	}
 	rc = 0;
@@ -249,7 +273,7 @@ out:
 	return rc;
 }
 
-void sluice_ktls_engage(SSL *ssl, int fd, struct sluice_ktls_secret *secret, bool *tx, bool *rx,
+void sluice_ktls_engage(SSL *ssl, int fd, const struct sluice_ktls_secret *secret, bool *tx, bool *rx,
                         char *why, size_t whylen)
 {
 	*tx = BIO_get_ktls_send(SSL_get_wbio(ssl)) == 1;
@@ -261,12 +285,80 @@ void sluice_ktls_engage(SSL *ssl, int fd, struct sluice_ktls_secret *secret, boo
 		else if (SSL_has_pending(ssl))
 			/* Bytes already in OpenSSL's buffer would be skipped. */
 			snprintf(why, whylen, "OpenSSL holds unread data");
-		else if (install_rx13(ssl, fd, secret, why, whylen) == 0)
+		else if (install13(ssl, fd, secret->client, secret->len, TLS_RX, why, whylen) == 0)
 			*rx = true;
 	} else if (!*tx || !*rx) {
 		snprintf(why, whylen, "OpenSSL offloaded %s", *tx ? "sending only" : *rx ? "receiving only" : "nothing");
 	}
-	OPENSSL_cleanse(secret, sizeof(*secret));
+}
+
+/* ---- TLS 1.3 KeyUpdate ---- */
+
+int sluice_ktls_rekey(SSL *ssl, int fd, struct sluice_ktls_secret *secret, bool tx,
+                      char *why, size_t whylen)
+{
+	const SSL_CIPHER *cipher = SSL_get_current_cipher(ssl);
+	const EVP_MD *md = cipher ? SSL_CIPHER_get_handshake_digest(cipher) : NULL;
+	unsigned char *cur = tx ? secret->server : secret->client;
+	unsigned char next[EVP_MAX_MD_SIZE];
+	int rc = -1;
+
+	if (!md || secret->len == 0 || secret->len > sizeof(next) || (tx && !secret->have_server)) {
+		snprintf(why, whylen, "%s traffic secret not held", tx ? "server" : "client");
+		return -1;
+	}
+	/* application_traffic_secret_N+1 (RFC 8446 7.2) */
+	if (!hkdf_expand_label(md, cur, secret->len, "traffic upd", next, secret->len)) {
+		snprintf(why, whylen, "HKDF-Expand-Label failed");
+		goto out;
+	}
+	if (install13(ssl, fd, next, secret->len, tx ? TLS_TX : TLS_RX, why, whylen) < 0)
+		goto out;
+	memcpy(cur, next, secret->len);
+	rc = 0;
+out:
+	OPENSSL_cleanse(next, sizeof(next));
+	return rc;
+}
+
+/* One record of the given type through the kernel's send path. */
+static int send_record(int fd, unsigned char type, const void *buf, size_t len)
+{
+	union {
+		char b[CMSG_SPACE(sizeof(unsigned char))];
+		struct cmsghdr align;
+	} cbuf;
+	struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+	struct msghdr msg = {
+		.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf.b, .msg_controllen = sizeof(cbuf.b),
+	};
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+	ssize_t n;
+
+	cm->cmsg_level = SOL_TLS;
+	cm->cmsg_type = TLS_SET_RECORD_TYPE;
+	cm->cmsg_len = CMSG_LEN(sizeof(unsigned char));
+	*CMSG_DATA(cm) = type;
+	/* A record type in the cmsg first closes any data record the kernel
+	 * holds open (splice with more to come), so this one cannot land in
+	 * the middle of it.  EAGAIN comes before anything is taken: a few
+	 * bytes fit in one record and are copied whole or not at all. */
+	do
+		n = sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+	while (n < 0 && errno == EINTR);
+	if (n >= 0 && (size_t)n != len) {
+		errno = EIO;   /* never seen: a short control record cannot be finished */
+		return -1;
+	}
+	return n < 0 ? -1 : 0;
+}
+
+int sluice_ktls_send_keyupdate(int fd)
+{
+	/* HandshakeType key_update (24), length 1, update_not_requested (0) */
+	static const unsigned char msg[5] = { SLUICE_TLS_KEY_UPDATE, 0, 0, 1, 0 };
+
+	return send_record(fd, SLUICE_TLS_HANDSHAKE, msg, sizeof(msg));
 }
 
 /* ---- non-data records ---- */
@@ -298,26 +390,9 @@ ssize_t sluice_ktls_recv_record(int fd, unsigned char *buf, size_t len, int *typ
 
 int sluice_ktls_send_alert(int fd, unsigned char level, unsigned char desc)
 {
-	union {
-		char b[CMSG_SPACE(sizeof(unsigned char))];
-		struct cmsghdr align;
-	} cbuf;
 	unsigned char alert[2] = { level, desc };
-	struct iovec iov = { .iov_base = alert, .iov_len = sizeof(alert) };
-	struct msghdr msg = {
-		.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf.b, .msg_controllen = sizeof(cbuf.b),
-	};
-	struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
-	ssize_t n;
 
-	cm->cmsg_level = SOL_TLS;
-	cm->cmsg_type = TLS_SET_RECORD_TYPE;
-	cm->cmsg_len = CMSG_LEN(sizeof(unsigned char));
-	*CMSG_DATA(cm) = SLUICE_TLS_ALERT;
-	do
-		n = sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
-	while (n < 0 && errno == EINTR);
-	return n == (ssize_t)sizeof(alert) ? 0 : -1;
+	return send_record(fd, SLUICE_TLS_ALERT, alert, sizeof(alert));
 }
 
 const char *sluice_ktls_alert_name(int desc)

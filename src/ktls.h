@@ -22,11 +22,20 @@
 #define SLUICE_TLS_APP_DATA   23
 #define SLUICE_TLS_KEY_UPDATE 24   /* handshake message type */
 
-/* The client's TLS 1.3 application traffic secret, held only from the
- * handshake until the receive key is installed, then wiped. */
+/* Maximum consecutive KeyUpdates without application data in between
+ * before a client is refused (BoringSSL's kMaxKeyUpdates): each one costs
+ * two key derivations and, when a reply is requested, a record. */
+#define SLUICE_KTLS_MAX_KEYUPDATES 32
+
+/* The TLS 1.3 application traffic secrets, as the keylog callback saw
+ * them: held from the handshake until the receive key is installed, and
+ * beyond that only where the kernel can rekey (each KeyUpdate derives the
+ * next secret from the current one, RFC 8446 7.2).  Wiped when dropped. */
 struct sluice_ktls_secret {
-	unsigned char client[EVP_MAX_MD_SIZE];
-	size_t len;
+	unsigned char client[EVP_MAX_MD_SIZE];  /* client_application_traffic_secret_N */
+	unsigned char server[EVP_MAX_MD_SIZE];  /* server_application_traffic_secret_N */
+	size_t len;                             /* both: the suite's hash length; 0 = none */
+	bool have_server;
 };
 
 /* Whether the running kernel offers the tls ULP; if not, why (for the one
@@ -46,9 +55,24 @@ int sluice_ktls_attach(SSL *ssl, struct sluice_ktls_secret *secret);
 /* After SSL_accept() succeeded: report what OpenSSL offloaded and, for TLS
  * 1.3 with send offloaded, install the receive key.  *tx / *rx say what is
  * in the kernel afterwards; when rx could not be installed, why says why.
- * The secret is wiped in every case. */
-void sluice_ktls_engage(SSL *ssl, int fd, struct sluice_ktls_secret *secret, bool *tx, bool *rx,
+ * The secret is left to the caller, to wipe or to keep for rekeying. */
+void sluice_ktls_engage(SSL *ssl, int fd, const struct sluice_ktls_secret *secret, bool *tx, bool *rx,
                         char *why, size_t whylen);
+
+/* TLS 1.3 KeyUpdate (RFC 8446 4.6.3) on a socket with both directions in
+ * the kernel, on a kernel that can rekey (sluice_ktls_can_rekey()).
+ * sluice_ktls_rekey() steps one direction's secret to the next generation
+ * and installs its key with record sequence 0: rx after the client's
+ * KeyUpdate was read (the kernel holds back every later record until then),
+ * tx right after our own KeyUpdate went out under the old key.  On failure
+ * the secret is unchanged, why says why, and the kernel keeps the old key
+ * (tx) or stays paused (rx): the connection cannot go on. */
+int sluice_ktls_rekey(SSL *ssl, int fd, struct sluice_ktls_secret *secret, bool tx,
+                      char *why, size_t whylen);
+/* Sends KeyUpdate(update_not_requested) as a handshake record under the
+ * current send key.  0, or -1 with errno (EAGAIN: send buffer full; nothing
+ * was sent). */
+int sluice_ktls_send_keyupdate(int fd);
 
 /* Reads one record from a kTLS receive socket with its content type
  * (recvmsg with a TLS_GET_RECORD_TYPE cmsg).  Returns its length (0 = TCP

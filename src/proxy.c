@@ -413,6 +413,7 @@ int sluice_proxy_create(const char *config_path, struct sluice_proxy **out, char
 				}
 				sluice_ktls_ctx_enable(p->ssl_ctx);
 				p->ktls = true;
+				p->ktls_rekey = sluice_ktls_can_rekey();
 			} else if (cfg->tls.ktls == SLUICE_KTLS_REQUIRE) {
 				snprintf(err, errlen, "tls.ktls is require but kTLS is unavailable: %s", why);
 				goto fail;
@@ -519,9 +520,10 @@ static void log_startup(const struct sluice_proxy *p)
 	if (p->ktls)
 		sluice_log(SLUICE_LOG_INFO, "ktls",
 		           "kTLS available: TLS 1.2 offloaded both ways by OpenSSL, TLS 1.3 receive key "
-		           "installed by sluice; a client KeyUpdate closes the connection (%s)",
-		           sluice_ktls_can_rekey() ? "this kernel could rekey; sluice does not yet"
-		                                   : "this kernel cannot rekey");
+		           "installed by sluice; %s",
+		           p->ktls_rekey ? "a client KeyUpdate rekeys the kernel (TlsRxRekeyOk in /proc/net/tls_stat)"
+		                         : "a client KeyUpdate closes the connection (this kernel cannot rekey: "
+		                           "no TlsRxRekeyOk in /proc/net/tls_stat)");
 	else if (p->ssl_ctx && cfg->tls.ktls == SLUICE_KTLS_OFF)
 		sluice_log(SLUICE_LOG_INFO, "ktls", "kTLS off by configuration: TLS records in userspace");
 	else if (p->ssl_ctx)

@@ -29,6 +29,7 @@ struct sluice_proxy {
 	struct sluice_config *cfg;
 	SSL_CTX *ssl_ctx;              /* NULL when no listener is mtls */
 	bool ktls;                     /* kTLS enabled: configured and the kernel has it */
+	bool ktls_rekey;               /* ...and it can take new TLS 1.3 keys (KeyUpdate) */
 	char ktls_why[160];            /* why not, when configured but unavailable */
 	struct sluice_pool *pools;     /* one per cfg->upstreams[] */
 	struct sluice_limits *limits;
@@ -122,6 +123,8 @@ struct sluice_side {
 	                                  OpenSSL refuses to write on it any more */
 	bool ktls_tx, ktls_rx;         /* record crypto in the kernel, per direction */
 	bool keyupdate_seen;           /* a KeyUpdate reached OpenSSL (kTLS TX only) */
+	bool keyupdate_owed;           /* kTLS: the peer asked for our KeyUpdate; it must
+	                                  precede our next data record (RFC 8446 4.6.3) */
 	bool linger;                   /* close by draining what we sent (see sluice_linger) */
 };
 
@@ -163,7 +166,8 @@ struct sluice_conn {
 
 	/* Strings below are heap-allocated only when there is something to say,
 	 * so an idle connection costs a few hundred bytes of its own. */
-	struct sluice_ktls_secret *secret; /* TLS 1.3 client secret, handshake to install */
+	struct sluice_ktls_secret *secret; /* TLS 1.3 traffic secrets: handshake to install,
+	                                      or for life where the kernel can rekey */
 	char *ktls_why;                /* why kTLS did not engage both ways */
 	const char *tls_version;       /* OpenSSL's static strings, kept for the log */
 	const char *cipher;            /* line after the SSL object is gone (kTLS) */
@@ -176,6 +180,9 @@ struct sluice_conn {
 	bool admitted;
 	bool ticket_admitted;          /* admitted from a cached session's certificate */
 	bool resumed;                  /* the handshake resumed a session */
+	uint32_t key_updates;          /* client KeyUpdates followed in the kernel */
+	uint32_t keyupdate_streak;     /* ...in a row with no application data between */
+	uint64_t keyupdate_streak_at;  /* c2u bytes at the last one */
 
 	int server;                    /* index in the pool, -1 when none held */
 	uint64_t tried;                /* servers tried by this connection */

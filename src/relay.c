@@ -448,6 +448,7 @@ static bool flow_dst_pending(const struct sluice_flow *f)
 static ssize_t side_read(struct sluice_conn *c, struct sluice_side *s, char *buf, size_t len);
 static ssize_t side_write(struct sluice_conn *c, struct sluice_side *s, const char *buf, size_t len);
 static int flow_ktls_record(struct sluice_conn *c, struct sluice_flow *f);
+static int ktls_keyupdate_answer(struct sluice_conn *c, struct sluice_side *s);
 
 /* Reads one buffer from the flow's source: the copy datapath's read, and
  * what a splice flow that cannot get a pipe does instead; the write side
@@ -524,6 +525,12 @@ static int flow_splice(struct sluice_conn *c, struct sluice_flow *f)
 	for (round = 0; round < FLOW_ROUNDS; round++) {
 		ssize_t n;
 
+		if (f->dst->keyupdate_owed) {
+			int r = ktls_keyupdate_answer(c, f->dst);
+
+			if (r != SLUICE_OK)
+				return r;
+		}
 		/* Application data that came with a control-record read
 		 * (flow_ktls_record): send it before anything newer. */
 		n = flow_write_buf(c, f);
@@ -634,6 +641,109 @@ static int flow_splice(struct sluice_conn *c, struct sluice_flow *f)
 	return SLUICE_OK;
 }
 
+/* kTLS, a KeyUpdate the kernel cannot follow: close cleanly.  close_notify
+ * still goes out under the send key, which the client has not changed. */
+static int ktls_keyupdate_close(struct sluice_side *s)
+{
+	if (s->ssl) {
+		ERR_clear_error();
+		(void)SSL_shutdown(s->ssl);
+		ERR_clear_error();
+	} else {
+		/* Best effort: a full send buffer only costs the alert. */
+		(void)sluice_ktls_send_alert(s->io.fd, 1, 0);
+	}
+	s->tls_broken = true;
+	/* The client goes on sending under its new key; closing with that
+	 * unread would reset the connection and lose the close_notify and the
+	 * echo still in flight. */
+	s->linger = true;
+	return SLUICE_ERR;
+}
+
+/* kTLS: the KeyUpdate the peer asked for, then our send key steps on.
+ * Runs before every data write toward s, so no record of ours can go out
+ * between the two under a key the peer no longer expects. */
+static int ktls_keyupdate_answer(struct sluice_conn *c, struct sluice_side *s)
+{
+	struct sluice_flow *out = s == &c->client ? &c->u2c : &c->c2u;
+	char why[96];
+
+	if (!s->keyupdate_owed)
+		return SLUICE_OK;
+	if (out->dst_shut || out->close_notify_out) {
+		/* Nothing more will be sent: no key to protect. */
+		s->keyupdate_owed = false;
+		return SLUICE_OK;
+	}
+	if (sluice_ktls_send_keyupdate(s->io.fd) < 0) {
+		/* EAGAIN: the send buffer is full; s's EPOLLOUT edge comes back
+		 * here (sluice_flow_stuck).  Anything else: s went away. */
+		if (errno == EAGAIN)
+			return SLUICE_AGAIN;
+		return flow_fail(c, s, "write", errno);
+	}
+	s->keyupdate_owed = false;
+	if (sluice_ktls_rekey(s->ssl, s->io.fd, c->secret, true, why, sizeof(why)) < 0) {
+		/* Our KeyUpdate is out: the peer now rejects anything under
+		 * the old key, close_notify included.  Only a reset is left. */
+		s->tls_broken = true;
+		c->result = "ktls_rekey_failed";
+		sluice_conn_detail(c, "send key after our KeyUpdate: %s", why);
+		return SLUICE_ERR;
+	}
+	return SLUICE_OK;
+}
+
+/* kTLS: a client KeyUpdate (RFC 8446 4.6.3), read by recvmsg.  The kernel
+ * holds back every later record until the next receive key is in. */
+static int ktls_keyupdate_take(struct sluice_conn *c, struct sluice_flow *f, const unsigned char *rec,
+                               size_t n)
+{
+	struct sluice_side *s = f->src;
+	uint64_t at = f->bytes + f->in_pipe;
+	char why[96];
+
+	/* One KeyUpdate ends its record: handshake messages must not span a
+	 * key change (RFC 8446 5.1), and the kernel pauses after the record. */
+	if (n != 5 || rec[1] != 0 || rec[2] != 0 || rec[3] != 1 || rec[4] > 1) {
+		bool framed = n == 5 && rec[1] == 0 && rec[2] == 0 && rec[3] == 1;
+
+		/* a request_update other than 0/1: illegal_parameter; bad framing: decode_error */
+		(void)sluice_ktls_send_alert(s->io.fd, 2, framed ? 47 : 50);
+		s->tls_broken = true;
+		c->result = "tls_error";
+		sluice_conn_detail(c, "malformed KeyUpdate (%zu bytes, request_update %d)", n,
+		                   n >= 5 ? rec[4] : -1);
+		return SLUICE_ERR;
+	}
+	c->keyupdate_streak = c->key_updates > 0 && at == c->keyupdate_streak_at ? c->keyupdate_streak + 1 : 1;
+	c->keyupdate_streak_at = at;
+	if (c->keyupdate_streak > SLUICE_KTLS_MAX_KEYUPDATES) {
+		(void)sluice_ktls_send_alert(s->io.fd, 2, 10);  /* unexpected_message */
+		s->tls_broken = true;
+		c->result = "tls_error";
+		sluice_conn_detail(c, "more than %d KeyUpdates without application data",
+		                   SLUICE_KTLS_MAX_KEYUPDATES);
+		return SLUICE_ERR;
+	}
+	if (sluice_ktls_rekey(s->ssl, s->io.fd, c->secret, false, why, sizeof(why)) < 0) {
+		c->result = "ktls_rekey_failed";
+		sluice_conn_detail(c, "receive key after the client's KeyUpdate: %s", why);
+		return ktls_keyupdate_close(s);
+	}
+	c->key_updates++;
+	if (rec[4] == 1) {
+		int r;
+
+		s->keyupdate_owed = true;
+		r = ktls_keyupdate_answer(c, s);
+		if (r == SLUICE_ERR)
+			return r;   /* SLUICE_AGAIN: owed, answered on EPOLLOUT */
+	}
+	return SLUICE_OK;
+}
+
 /* A non-data record on a kTLS receive socket (splice said EINVAL).
  * Returns SLUICE_OK to go on (data or close_notify taken), SLUICE_AGAIN, or
  * SLUICE_ERR with the connection's result set. */
@@ -687,27 +797,14 @@ static int flow_ktls_record(struct sluice_conn *c, struct sluice_flow *f)
 		return SLUICE_ERR;
 	}
 	if (type == SLUICE_TLS_HANDSHAKE && rec[0] == SLUICE_TLS_KEY_UPDATE) {
-		/* The kernel cannot take a new receive key on this kernel
-		 * (design.md: 6.1 answers EBUSY; sluice does not rekey yet
-		 * where it could).  Close cleanly: close_notify still goes out
-		 * under the send key, which the client has not changed. */
+		/* The secrets are held only where the kernel can rekey
+		 * (conn_ktls_engage); 6.1 answers EBUSY (design.md). */
+		if (c->secret)
+			return ktls_keyupdate_take(c, f, rec, (size_t)n);
 		c->result = "ktls_keyupdate_unsupported";
 		sluice_conn_detail(c, "client KeyUpdate (update_requested=%d)",
 		         n >= 5 ? rec[4] : -1);
-		if (s->ssl) {
-			ERR_clear_error();
-			(void)SSL_shutdown(s->ssl);
-			ERR_clear_error();
-		} else {
-			/* Best effort: a full send buffer only costs the alert. */
-			(void)sluice_ktls_send_alert(s->io.fd, 1, 0);
-		}
-		s->tls_broken = true;
-		/* The client goes on sending under its new key; closing with
-		 * that unread would reset the connection and lose the
-		 * close_notify and the echo still in flight. */
-		s->linger = true;
-		return SLUICE_ERR;
+		return ktls_keyupdate_close(s);
 	}
 	/* A handshake message after the handshake (renegotiation, tickets
 	 * from a client) or an unknown record type: not something to relay. */
@@ -850,7 +947,7 @@ static int flow_pump(struct sluice_conn *c, struct sluice_flow *f)
 bool sluice_flow_stuck(const struct sluice_flow *f)
 {
 	return f->in_pipe > 0 || (f->buf && f->off < f->len) || (f->src_eof && !f->dst_shut) ||
-	       flow_dst_pending(f);
+	       flow_dst_pending(f) || f->dst->keyupdate_owed;
 }
 
 /* A flow not pumped this time stands where its last pump left it:

@@ -5,8 +5,8 @@
  *          [--cipher NAME]] [--send N [--seed S]] [--expect N | --expect-any]
  *          [--expect-sha256 HEX] [--half-close | --abort] [--hold SECONDS]
  *          [--check-stream] [--allow-early-close]
- *          [--key-update-at N [--key-update requested|not-requested]]
- *          [--ktls-alert LEVEL:DESC]
+ *          [--key-update-at N [--key-update requested|not-requested] [--key-updates K]]
+ *          [--ktls-alert LEVEL:DESC | --ktls-record TYPE:HEX]
  *          [--reset-after N] [--pause-read SECONDS]
  *          [--garbage N] [--count C --parallel P] [--timeout SECONDS]
  *          [--session-in FILE] [--session-out FILE]
@@ -44,7 +44,9 @@
  *   --key-update-at N  TLS 1.3: once N bytes have been sent, SSL_key_update()
  *                  and carry on (the next SSL_write/SSL_read sends the
  *                  KeyUpdate, before byte N+1); --key-update picks
- *                  update_requested (default "requested") or "not-requested"
+ *                  update_requested (default "requested") or "not-requested";
+ *                  --key-updates K sends K of them, the i-th once i*N bytes
+ *                  have been sent (N = 0: K in a row with no data between)
  *   --ktls-alert LEVEL:DESC  after the handshake and the --send bytes, send
  *                  a genuine encrypted alert record {LEVEL, DESC} (e.g. 1:90
  *                  user_canceled, 2:40 handshake_failure) through kernel TLS:
@@ -55,6 +57,9 @@
  *                  close_notify; read until the peer closes (EOF or reset):
  *                  that is success, with the bytes received checked as a
  *                  prefix of the stream (not counted)
+ *   --ktls-record TYPE:HEX  the same with any record: content type TYPE
+ *                  and the body HEX (1..64 bytes), e.g. 22:1800000102 is a
+ *                  KeyUpdate with request_update 2; reported as record_sent
  *   --reset-after N  once N bytes have been sent (after the handshake), set
  *                  SO_LINGER {1, 0} and close(): the kernel sends an RST, no
  *                  close_notify, no FIN; a client that vanishes mid-transfer.
@@ -94,6 +99,7 @@
  * not found within 32 MiB); key_update is the type sent ("requested"/"not-requested");
  * alert_sent is "LEVEL:DESC" once --ktls-alert went out.
  * Exit 0 only if everything asked for happened; 1 otherwise; 2 usage. */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -145,10 +151,14 @@ static struct {
 	bool half_close, abort_close;
 	bool check_stream, allow_early_close;
 	uint64_t ku_at;
+	uint64_t ku_count;          /* --key-updates (default 1) */
 	bool ku_set;
 	int ku_type;                /* SSL_KEY_UPDATE_(NOT_)REQUESTED */
 	bool ktls_alert;
 	uint8_t alert_level, alert_desc;
+	uint8_t rec_type;           /* --ktls-alert: 21; --ktls-record: TYPE */
+	uint8_t rec_body[64];
+	size_t rec_len;
 	uint64_t hold_ms;
 	uint64_t reset_after;
 	bool reset_set;
@@ -159,7 +169,7 @@ static struct {
 	uint64_t count, parallel;
 	uint64_t timeout_ms;
 } o = { .seed = 1, .count = 1, .parallel = 1, .timeout_ms = 30000,
-        .ku_type = SSL_KEY_UPDATE_REQUESTED };
+        .ku_type = SSL_KEY_UPDATE_REQUESTED, .ku_count = 1 };
 
 static SSL_CTX *g_ctx;
 static SSL_SESSION *g_session_in;  /* --session-in, offered by every connection */
@@ -200,7 +210,7 @@ struct conn {
 	EVP_MD_CTX *sent_sha;
 	bool wr_shut;               /* half-close done */
 	bool send_stopped;          /* --allow-early-close: peer closed first */
-	bool ku_done;               /* --key-update-at: SSL_key_update() called */
+	uint64_t ku_sent;           /* --key-update-at: SSL_key_update() calls made */
 	bool alert_done;            /* --ktls-alert: the alert record went out */
 	/* receiving */
 	uint64_t recv;
@@ -218,6 +228,12 @@ struct conn {
 	char error[512];
 	char write_error[512];      /* --allow-early-close: send failure after the peer closed */
 };
+
+/* --key-updates: where in the stream the next KeyUpdate goes. */
+static uint64_t ku_next_at(const struct conn *c)
+{
+	return o.ku_at * (c->ku_sent + 1);
+}
 
 static void set_error(struct conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void set_error(struct conn *c, const char *fmt, ...)
@@ -372,26 +388,25 @@ static enum io io_write(struct conn *c, const uint8_t *buf, size_t len, size_t *
  * encrypts it with the current key and sequence number like any record. */
 static enum io send_ktls_alert(struct conn *c)
 {
-	uint8_t body[2] = { o.alert_level, o.alert_desc };
 	union {
 		char buf[CMSG_SPACE(sizeof(uint8_t))];
 		struct cmsghdr align;
 	} cb;
 	memset(&cb, 0, sizeof(cb));
-	struct iovec iov = { .iov_base = body, .iov_len = sizeof(body) };
+	struct iovec iov = { .iov_base = o.rec_body, .iov_len = o.rec_len };
 	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1,
 	                    .msg_control = cb.buf, .msg_controllen = sizeof(cb.buf) };
 	struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
 	cm->cmsg_level = SOL_TLS;
 	cm->cmsg_type = TLS_SET_RECORD_TYPE;
 	cm->cmsg_len = CMSG_LEN(sizeof(uint8_t));
-	*CMSG_DATA(cm) = 21;   /* content type alert */
+	*CMSG_DATA(cm) = o.rec_type;
 	for (;;) {
 		ssize_t n = sendmsg(c->fd, &m, MSG_NOSIGNAL);
-		if (n == (ssize_t)sizeof(body))
+		if (n == (ssize_t)o.rec_len)
 			return IO_OK;
 		if (n >= 0) {
-			set_error(c, "ktls alert: short sendmsg (%zd of 2 bytes)", n);
+			set_error(c, "ktls record: short sendmsg (%zd of %zu bytes)", n, o.rec_len);
 			return IO_ERR;
 		}
 		if (errno == EINTR)
@@ -402,7 +417,7 @@ static enum io send_ktls_alert(struct conn *c)
 		}
 		if (errno == ECONNRESET || errno == EPIPE)
 			c->reset = true;
-		set_error(c, "ktls alert: sendmsg: %s", strerror(errno));
+		set_error(c, "ktls record: sendmsg: %s", strerror(errno));
 		return IO_ERR;
 	}
 }
@@ -802,8 +817,8 @@ static void conn_step(struct conn *c)
 			conn_finish(c);
 			return;
 		}
-		if (now >= c->hold_until && o.ku_set && !c->ku_done && !c->send_stopped &&
-		    c->sent >= o.ku_at && c->sbuf_off == c->sbuf_len) {
+		if (now >= c->hold_until && o.ku_set && c->ku_sent < o.ku_count && !c->send_stopped &&
+		    c->sent >= ku_next_at(c) && c->sbuf_off == c->sbuf_len) {
 			/* At a chunk boundary, so no record write is pending. */
 			if (SSL_version(c->ssl) != TLS1_3_VERSION) {
 				set_error(c, "--key-update-at needs TLS 1.3 (negotiated %s)", SSL_get_version(c->ssl));
@@ -818,7 +833,7 @@ static void conn_step(struct conn *c)
 				conn_finish(c);
 				return;
 			}
-			c->ku_done = true;
+			c->ku_sent++;
 			progress = true;
 			/* Push the KeyUpdate out now, even if no more data follows;
 			 * a WANT_* leaves it to the next SSL_write/SSL_read. */
@@ -833,6 +848,8 @@ static void conn_step(struct conn *c)
 					conn_finish(c);
 					return;
 				}
+			} else if (c->ku_sent < o.ku_count && c->sent >= ku_next_at(c)) {
+				continue;   /* the next is due too: no data between them */
 			}
 		}
 		if (now >= c->hold_until && !c->send_stopped) {
@@ -858,8 +875,9 @@ static void conn_step(struct conn *c)
 					size_t n = left < CHUNK ? (size_t)left : CHUNK;
 					if (o.fin_on_pause && n > FIN_ON_PAUSE_CHUNK)
 						n = FIN_ON_PAUSE_CHUNK;
-					if (o.ku_set && !c->ku_done && c->sent < o.ku_at && o.ku_at - c->sent < n)
-						n = (size_t)(o.ku_at - c->sent);   /* stop exactly at the KeyUpdate */
+					if (o.ku_set && c->ku_sent < o.ku_count && c->sent < ku_next_at(c) &&
+					    ku_next_at(c) - c->sent < n)
+						n = (size_t)(ku_next_at(c) - c->sent);   /* stop exactly at the KeyUpdate */
 					tk_prng_fill(&c->send_prng, c->sbuf, n);
 					c->sbuf_off = 0;
 					c->sbuf_len = n;
@@ -940,8 +958,8 @@ static void conn_step(struct conn *c)
 		/* done? */
 		bool send_done = c->send_stopped ||
 		                 (c->sent == c->send_total && (!o.half_close || c->wr_shut) &&
-		                  (!o.ktls_alert || c->alert_done) && (!o.ku_set || c->ku_done ||
-		                                                       o.ku_at > c->send_total));
+		                  (!o.ktls_alert || c->alert_done) && (!o.ku_set || c->ku_sent == o.ku_count ||
+		                                                       ku_next_at(c) > c->send_total));
 		bool recv_done = need_eof() ? c->eof : c->recv >= o.expect;
 		if (send_done && recv_done && now >= c->hold_until) {
 			conn_judge(c);
@@ -1008,13 +1026,23 @@ static void print_conn(const struct conn *c)
 	else
 		printf("%lld", (long long)c->mismatch_from);
 	printf(",\"key_update\":");
-	json_str(stdout, !c->ku_done ? NULL :
+	json_str(stdout, !c->ku_sent ? NULL :
 	                 o.ku_type == SSL_KEY_UPDATE_REQUESTED ? "requested" : "not-requested");
+	printf(",\"key_updates\":%llu", (unsigned long long)c->ku_sent);
 	printf(",\"alert_sent\":");
-	if (c->alert_done)
+	if (c->alert_done && o.rec_type == 21)
 		printf("\"%u:%u\"", o.alert_level, o.alert_desc);
 	else
 		fputs("null", stdout);
+	printf(",\"record_sent\":");
+	if (c->alert_done && o.rec_type != 21) {
+		printf("\"%u:", o.rec_type);
+		for (size_t i = 0; i < o.rec_len; i++)
+			printf("%02x", o.rec_body[i]);
+		fputs("\"", stdout);
+	} else {
+		fputs("null", stdout);
+	}
 	printf(",\"write_error\":");
 	json_str(stdout, c->write_error[0] ? c->write_error : NULL);
 	printf(",\"reset_sent\":%s", c->reset_sent ? "true" : "false");
@@ -1035,8 +1063,8 @@ static void usage(const char *why)
 	        "              [--servername NAME | --no-verify-name] [--tls-version 1.2|1.3] [--cipher NAME]]\n"
 	        "              [--send N] [--seed S] [--expect N | --expect-any] [--expect-sha256 HEX]\n"
 	        "              [--half-close | --abort] [--hold SECONDS] [--garbage N]\n"
-	        "              [--check-stream] [--allow-early-close] [--ktls-alert LEVEL:DESC]\n"
-	        "              [--key-update-at N [--key-update requested|not-requested]]\n"
+	        "              [--check-stream] [--allow-early-close] [--ktls-alert LEVEL:DESC | --ktls-record TYPE:HEX]\n"
+	        "              [--key-update-at N [--key-update requested|not-requested] [--key-updates K]]\n"
 	        "              [--reset-after N] [--pause-read SECONDS]\n"
 	        "              [--count C] [--parallel P] [--timeout SECONDS]\n"
 	        "              [--session-in FILE] [--session-out FILE]\n"
@@ -1121,7 +1149,7 @@ static void parse_args(int argc, char **argv)
 		O_CONNECT = 256, O_TLS, O_CERT, O_KEY, O_CA, O_SNI, O_NOVERIFY, O_VER, O_CIPHER,
 		O_NOCERT, O_SEND, O_SEED, O_EXPECT, O_EXPECT_ANY, O_EXPECT_SHA, O_HALF, O_HOLD,
 		O_GARBAGE, O_COUNT, O_PAR, O_TIMEOUT, O_HELP, O_ABORT, O_CHECK, O_EARLY, O_KU_AT,
-		O_KU, O_KTLS_ALERT, O_RESET_AFTER, O_PAUSE_READ, O_FIN_ON_PAUSE, O_SESS_IN, O_SESS_OUT,
+		O_KU, O_KU_COUNT, O_KTLS_ALERT, O_KTLS_RECORD, O_RESET_AFTER, O_PAUSE_READ, O_FIN_ON_PAUSE, O_SESS_IN, O_SESS_OUT,
 	};
 	static const struct option opts[] = {
 		{ "connect", required_argument, NULL, O_CONNECT },
@@ -1153,7 +1181,9 @@ static void parse_args(int argc, char **argv)
 		{ "allow-early-close", no_argument, NULL, O_EARLY },
 		{ "key-update-at", required_argument, NULL, O_KU_AT },
 		{ "key-update", required_argument, NULL, O_KU },
+		{ "key-updates", required_argument, NULL, O_KU_COUNT },
 		{ "ktls-alert", required_argument, NULL, O_KTLS_ALERT },
+		{ "ktls-record", required_argument, NULL, O_KTLS_RECORD },
 		{ "reset-after", required_argument, NULL, O_RESET_AFTER },
 		{ "pause-read", required_argument, NULL, O_PAUSE_READ },
 		{ "fin-on-pause", no_argument, NULL, O_FIN_ON_PAUSE },
@@ -1199,6 +1229,11 @@ static void parse_args(int argc, char **argv)
 		case O_CHECK: o.check_stream = true; break;
 		case O_EARLY: o.allow_early_close = true; break;
 		case O_KU_AT: o.ku_at = parse_size(optarg, "--key-update-at"); o.ku_set = true; break;
+		case O_KU_COUNT:
+			o.ku_count = parse_size(optarg, "--key-updates");
+			if (o.ku_count == 0)
+				usage("--key-updates wants 1 or more");
+			break;
 		case O_KU:
 			if (strcmp(optarg, "requested") == 0)
 				o.ku_type = SSL_KEY_UPDATE_REQUESTED;
@@ -1214,6 +1249,29 @@ static void parse_args(int argc, char **argv)
 				usage("--ktls-alert wants LEVEL:DESC, two numbers 0..255 (e.g. 2:40)");
 			o.alert_level = (uint8_t)lv;
 			o.alert_desc = (uint8_t)ds;
+			o.rec_type = 21;   /* content type alert */
+			o.rec_body[0] = o.alert_level;
+			o.rec_body[1] = o.alert_desc;
+			o.rec_len = 2;
+			o.ktls_alert = true;
+			break;
+		}
+		case O_KTLS_RECORD: {
+			unsigned ty, byte;
+			int off = 0;
+			const char *hex;
+			if (sscanf(optarg, "%u:%n", &ty, &off) != 1 || off == 0 || ty > 255)
+				usage("--ktls-record wants TYPE:HEX (e.g. 22:1800000102)");
+			o.rec_type = (uint8_t)ty;
+			o.rec_len = 0;
+			for (hex = optarg + off; hex[0]; hex += 2) {
+				if (!isxdigit((unsigned char)hex[0]) || !isxdigit((unsigned char)hex[1]) ||
+				    o.rec_len == sizeof(o.rec_body) || sscanf(hex, "%2x", &byte) != 1)
+					usage("--ktls-record: HEX must be 1..64 bytes in pairs of hex digits");
+				o.rec_body[o.rec_len++] = (uint8_t)byte;
+			}
+			if (o.rec_len == 0)
+				usage("--ktls-record: HEX must be 1..64 bytes in pairs of hex digits");
 			o.ktls_alert = true;
 			break;
 		}

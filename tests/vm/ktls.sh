@@ -21,7 +21,11 @@
 #             and not-requested -> on 6.1 (no TlsRxRekeyOk) a clean close
 #             (close_notify) with ktls_keyupdate_unsupported and the bytes
 #             received an exact prefix of those sent; on a kernel that can
-#             rekey, the full echo
+#             rekey (make vm-rekey: Debian's 7.x): 3 KeyUpdates per
+#             connection for each TLS 1.3 suite, requested and not, a
+#             resumed session, 32 in a row: full echo, close line
+#             key_updates, TlsRxRekeyOk/TlsTxRekeyOk up by exactly the
+#             count; the 33rd in a row and malformed ones -> tls_error
 #   parallel  $PAR connections at once (each idles 2 s after its handshake
 #             so that they overlap), $PAR_SEND each way each: all
 #             byte-exact, all ktls, TlsCurrTxSw/TlsCurrRxSw back to start
@@ -166,7 +170,7 @@ run_client() {
 	eval "$_var=\$_out"
 	echo "    client ($((_t1 - _t0)) ms, rc=$crc): $(printf '%s\n' "$_out" | "$JQ" -c \
 		'if .count then {ok,failed,sent,recv,first_error} else
-		 {tls_version,cipher,sent,recv,eof,close_notify,reset,alert,error,recv_prefix_ok,key_update,alert_sent,write_error} end' \
+		 {tls_version,cipher,sent,recv,eof,close_notify,reset,alert,error,recv_prefix_ok,key_update,key_updates,resumed,alert_sent,write_error} end' \
 		2>/dev/null || printf '%s' "$_out")"
 }
 
@@ -299,24 +303,97 @@ closes_all() {
 	local rekey=0 t
 	tls_counter TlsRxRekeyOk >/dev/null && rekey=1
 	echo "   kernel rekey support (TlsRxRekeyOk in tls_stat): $rekey"
-	for t in requested not-requested; do
-		for s in TLS_AES_128_GCM_SHA256 TLS_CHACHA20_POLY1305_SHA256; do
-			if [ $rekey = 0 ]; then
+	if [ $rekey = 0 ]; then
+		for t in requested not-requested; do
+			for s in TLS_AES_128_GCM_SHA256 TLS_CHACHA20_POLY1305_SHA256; do
 				close_case "TLSv1.3 $s KeyUpdate $t" ktls_keyupdate_unsupported "KeyUpdate" \
 					$ALICE --tls-version 1.3 --cipher $s --send 4M --half-close \
 					--key-update-at 1M --key-update $t --allow-early-close
 				jcheck "KeyUpdate $t $s: client clean close, received bytes an exact prefix" "$out" \
 					".error == null and .key_update == \"$t\" and .close_notify == true and .recv_prefix_ok == true and .mismatch_at == null and .recv <= .sent"
 				check "KeyUpdate $t $s: client exit 0" [ "$crc" = 0 ]
-			else
-				close_case "TLSv1.3 $s KeyUpdate $t" ok "" \
-					$ALICE --tls-version 1.3 --cipher $s --send 4M --half-close \
-					--key-update-at 1M --key-update $t
-				jcheck "KeyUpdate $t $s: full echo across the rekey" "$out" \
-					'.error == null and .recv == 4194304 and .recv_sha256 == .sent_sha256'
-			fi
+			done
+		done
+	else
+		rekey_all
+	fi
+}
+
+# rekey_case NAME RX TX CLIENT-ARGS...: a KeyUpdate case on a kernel that
+# rekeys; the close line is checked by the caller, the kernel's counters
+# here: RX receive rekeys and TX send rekeys, no rekey errors.
+rekey_case() {
+	local name=$1 rx=$2 tx=$3 before after
+	shift 3
+	before=$(tls_stat)
+	close_case "$name" ok "" "$@"
+	after=$(tls_stat)
+	echo "   tls_stat after: $after"
+	check "$name: TlsRxRekeyReceived +$rx (got +$(delta "$before" "$after" TlsRxRekeyReceived))" \
+		[ "$(delta "$before" "$after" TlsRxRekeyReceived)" = "$rx" ]
+	check "$name: TlsRxRekeyOk +$rx (got +$(delta "$before" "$after" TlsRxRekeyOk))" \
+		[ "$(delta "$before" "$after" TlsRxRekeyOk)" = "$rx" ]
+	check "$name: TlsTxRekeyOk +$tx (got +$(delta "$before" "$after" TlsTxRekeyOk))" \
+		[ "$(delta "$before" "$after" TlsTxRekeyOk)" = "$tx" ]
+	check "$name: no receive rekey errors" [ "$(delta "$before" "$after" TlsRxRekeyError)" = 0 ]
+	check "$name: no send rekey errors" [ "$(delta "$before" "$after" TlsTxRekeyError)" = 0 ]
+}
+
+# Kernel >= 6.14: sluice follows the client's KeyUpdates in the kernel (the
+# next receive key, and for update_requested its own KeyUpdate and the next
+# send key). The client is OpenSSL in userspace, so it checks every record
+# of ours under the key it expects.
+rekey_all() {
+	local t s tx
+	for t in requested not-requested; do
+		for s in TLS_AES_128_GCM_SHA256 TLS_AES_256_GCM_SHA384 TLS_CHACHA20_POLY1305_SHA256; do
+			tx=0; [ $t = requested ] && tx=3
+			rekey_case "TLSv1.3 $s 3 KeyUpdates $t" 3 $tx \
+				$ALICE --tls-version 1.3 --cipher $s --send 4M --half-close \
+				--key-update-at 1M --key-updates 3 --key-update $t
+			jcheck "3 KeyUpdates $t $s: full echo across the rekeys" "$out" \
+				'.error == null and .key_updates == 3 and .recv == 4194304 and .recv_sha256 == .sent_sha256'
+			jcheck "3 KeyUpdates $t $s: close line key_updates 3, bytes counted" "$CL" \
+				'.key_updates == 3 and .bytes_in == 4194304 and .bytes_out == 4194304 and .ktls_tx and .ktls_rx'
 		done
 	done
+	# The limit: 32 in a row with no data between are followed...
+	rekey_case "TLSv1.3 32 KeyUpdates requested in a row" 32 32 \
+		$ALICE --tls-version 1.3 --send 1M --half-close --key-update-at 0 --key-updates 32
+	jcheck "32 KeyUpdates in a row: full echo" "$out" \
+		'.error == null and .key_updates == 32 and .recv == 1048576 and .recv_sha256 == .sent_sha256'
+	jcheck "32 KeyUpdates in a row: close line key_updates 32" "$CL" '.key_updates == 32'
+	# ...the 33rd is refused with an alert, as BoringSSL does.
+	close_case "TLSv1.3 33 KeyUpdates in a row" tls_error "more than 32 KeyUpdates without application data" \
+		$ALICE --tls-version 1.3 --send 1M --half-close --key-update-at 0 --key-updates 33 \
+		--key-update not-requested --allow-early-close
+	jcheck "33 KeyUpdates in a row: refused after 32 followed" "$CL" '.key_updates == 32 and .bytes_in == 0'
+	jcheck "33 KeyUpdates in a row: the client saw the alert or the close" "$out" \
+		'.error != null or .alert != null or .eof == true'
+	# Malformed KeyUpdates, sent as raw records through the client's own
+	# kTLS TX (OpenSSL would never send them): refused with the alert the
+	# RFC names, before any key changes.
+	close_case "TLSv1.3 KeyUpdate request_update 2" tls_error "malformed KeyUpdate \\\\(5 bytes, request_update 2\\\\)" \
+		$ALICE --tls-version 1.3 --send 64K --ktls-record 22:1800000102
+	jcheck "KeyUpdate request_update 2: the client got alert illegal_parameter" "$out" \
+		'.record_sent == "22:1800000102" and .alert == "illegal parameter" and .recv_prefix_ok == true'
+	jcheck "KeyUpdate request_update 2: no key taken" "$CL" '.key_updates == 0'
+	close_case "TLSv1.3 KeyUpdate of 6 bytes" tls_error "malformed KeyUpdate \\\\(6 bytes" \
+		$ALICE --tls-version 1.3 --send 64K --ktls-record 22:180000020000
+	jcheck "KeyUpdate of 6 bytes: the client got alert decode_error" "$out" \
+		'.record_sent == "22:180000020000" and .alert == "decode error" and .recv_prefix_ok == true'
+	# A resumed session's secrets come from the ticket's PSK, not from a
+	# full handshake: it rekeys the same way.
+	local n0
+	n0=$(nclose)
+	run_client out $ALICE --tls-version 1.3 --send 64K --half-close --session-out /tmp/rekey.sess
+	wait_closes $((n0 + 1)) 30
+	rekey_case "TLSv1.3 resumed session, KeyUpdate requested" 1 1 \
+		$ALICE --tls-version 1.3 --send 2M --half-close --session-in /tmp/rekey.sess \
+		--key-update-at 1M --key-update requested
+	jcheck "resumed KeyUpdate: resumed, full echo" "$out" \
+		'.error == null and .resumed == true and .recv == 2097152 and .recv_sha256 == .sent_sha256'
+	jcheck "resumed KeyUpdate: close line resumed, key_updates 1" "$CL" '.resumed and .key_updates == 1'
 }
 
 parallel_all() {
