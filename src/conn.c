@@ -27,6 +27,7 @@
 #include "common.h"
 #include "log.h"
 #include "proxy.h"
+#include "session.h"
 #include "sockmap.h"
 #include "tls.h"
 
@@ -278,6 +279,10 @@ void sluice_conn_close(struct sluice_conn *c, const char *result, const char *de
 
 	sluice_timer_cancel(w->loop, &c->timer);
 	sluice_relay_release(c);
+	/* OpenSSL's rule for a session whose connection ended without our
+	 * close_notify, for the connections that outlived their SSL object. */
+	if (c->sess_id_len && !c->client.close_notify_sent)
+		sluice_session_forget(w->proxy->ssl_ctx, c->sess_id, c->sess_id_len);
 	side_close(c, &c->client);
 	side_close(c, &c->upstream);
 	if (c->server >= 0) {
@@ -537,11 +542,29 @@ static int conn_ktls_engage(struct sluice_conn *c)
 		sluice_conn_close(c, "ktls_required", why);
 		return -1;
 	}
-	/* OpenSSL's state stays until close even when the kernel has both
-	 * directions: freeing it here made sluice die with SIGSEGV in the VM
-	 * (6.1, OpenSSL 3.0.x, TLS 1.2; no sanitizer report), cause not yet
-	 * understood.  It costs ~20 KiB per idle kTLS connection. */
-	(void)SSL_free_buffers(s->ssl);
+	/* The kernel has both directions: OpenSSL's state (~20 KiB with the
+	 * client's certificate and the session) has nothing left to do.  What
+	 * still needs saying goes through the kernel (close_notify: the relay's
+	 * sluice_ktls_send_alert; KeyUpdate: the secrets kept above); the log
+	 * keeps OpenSSL's static version and cipher strings. */
+	if (s->ktls_tx && s->ktls_rx) {
+		SSL_SESSION *sess = SSL_get_session(s->ssl);
+		const unsigned char *id;
+		unsigned len = 0;
+
+		/* SSL_free drops from the cache the session of a connection
+		 * that has not sent close_notify (ssl_clear_bad_session).  This
+		 * one is healthy so far: keep its session, and apply the same
+		 * rule at close by its ID (sluice_conn_close). */
+		id = sess ? SSL_SESSION_get_id(sess, &len) : NULL;
+		if (id && len > 0 && len <= sizeof(c->sess_id)) {
+			memcpy(c->sess_id, id, len);
+			c->sess_id_len = (uint8_t)len;
+		}
+		SSL_set_shutdown(s->ssl, SSL_SENT_SHUTDOWN);
+		SSL_free(s->ssl);
+		s->ssl = NULL;
+	}
 	return 0;
 }
 
@@ -564,10 +587,14 @@ static void conn_handshake(struct sluice_conn *c)
 		c->resumed = SSL_session_reused(c->client.ssl) == 1;
 		if (conn_ktls_engage(c) < 0)
 			return;
+		if (!c->client.ssl) {   /* kTLS both ways: OpenSSL is done */
+			conn_connect_next(c);
+			return;
+		}
 		/* OpenSSL keeps its handshake read/write buffers (~33 KiB)
 		 * after the handshake; SSL_MODE_RELEASE_BUFFERS only frees them
 		 * after application I/O.  Drop them now: an idle connection
-		 * should cost a few KiB, and a kTLS one never needs them. */
+		 * should cost a few KiB. */
 		(void)SSL_free_buffers(c->client.ssl);
 		/* OpenSSL reads what the client sends: let it read ahead, so a
 		 * record costs one read() instead of two (header, then body).

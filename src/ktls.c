@@ -189,13 +189,12 @@ static int hkdf_expand_label(const EVP_MD *md, const unsigned char *secret, size
 /* Installs a TLS 1.3 key derived from one traffic secret (RFC 8446 7.3)
  * with record sequence 0 as the socket's receive (TLS_RX) or send (TLS_TX)
  * key: the first receive key, and every key after a KeyUpdate. */
-static int install13(SSL *ssl, int fd, const unsigned char *secret, size_t slen, int optname,
+static int install13(const struct sluice_ktls_secret *s, int fd, const unsigned char *secret, int optname,
                      char *why, size_t whylen)
 {
-	const SSL_CIPHER *cipher = SSL_get_current_cipher(ssl);
-	const EVP_MD *md = cipher ? SSL_CIPHER_get_handshake_digest(cipher) : NULL;
-	uint16_t id = cipher ? SSL_CIPHER_get_protocol_id(cipher) : 0;
-	size_t klen = id == 0x1301 ? 16 : 32;
+	const EVP_MD *md = s->md;
+	uint16_t id = s->suite;
+	size_t slen = s->len, klen = id == 0x1301 ? 16 : 32;
 	unsigned char key[32], iv[12];
 	union {
 		struct tls12_crypto_info_aes_gcm_128 g128;
@@ -207,7 +206,7 @@ static int install13(SSL *ssl, int fd, const unsigned char *secret, size_t slen,
 
 	memset(&ci, 0, sizeof(ci));
 	if (id != 0x1301 && id != 0x1302 && id != 0x1303) {
-		snprintf(why, whylen, "cipher %s has no kernel offload", cipher ? SSL_CIPHER_get_name(cipher) : "?");
+		snprintf(why, whylen, "cipher 0x%04x has no kernel offload", id);
 		return -1;
 	}
 	if (!md || slen != (size_t)EVP_MD_get_size(md)) {
@@ -273,9 +272,16 @@ out:
 	return rc;
 }
 
-void sluice_ktls_engage(SSL *ssl, int fd, const struct sluice_ktls_secret *secret, bool *tx, bool *rx,
+void sluice_ktls_engage(SSL *ssl, int fd, struct sluice_ktls_secret *secret, bool *tx, bool *rx,
                         char *why, size_t whylen)
 {
+	const SSL_CIPHER *cipher = SSL_get_current_cipher(ssl);
+
+	/* What install13 and every rekey need, kept so that OpenSSL's state
+	 * can go once the kernel has both directions.  The digest is
+	 * libcrypto's process-wide EVP_MD for the suite, not owned by the SSL. */
+	secret->md = cipher ? SSL_CIPHER_get_handshake_digest(cipher) : NULL;
+	secret->suite = cipher ? SSL_CIPHER_get_protocol_id(cipher) : 0;
 	*tx = BIO_get_ktls_send(SSL_get_wbio(ssl)) == 1;
 	*rx = BIO_get_ktls_recv(SSL_get_rbio(ssl)) == 1;
 	why[0] = 0;
@@ -285,7 +291,7 @@ void sluice_ktls_engage(SSL *ssl, int fd, const struct sluice_ktls_secret *secre
 		else if (SSL_has_pending(ssl))
 			/* Bytes already in OpenSSL's buffer would be skipped. */
 			snprintf(why, whylen, "OpenSSL holds unread data");
-		else if (install13(ssl, fd, secret->client, secret->len, TLS_RX, why, whylen) == 0)
+		else if (install13(secret, fd, secret->client, TLS_RX, why, whylen) == 0)
 			*rx = true;
 	} else if (!*tx || !*rx) {
 		snprintf(why, whylen, "OpenSSL offloaded %s", *tx ? "sending only" : *rx ? "receiving only" : "nothing");
@@ -294,11 +300,9 @@ void sluice_ktls_engage(SSL *ssl, int fd, const struct sluice_ktls_secret *secre
 
 /* ---- TLS 1.3 KeyUpdate ---- */
 
-int sluice_ktls_rekey(SSL *ssl, int fd, struct sluice_ktls_secret *secret, bool tx,
-                      char *why, size_t whylen)
+int sluice_ktls_rekey(int fd, struct sluice_ktls_secret *secret, bool tx, char *why, size_t whylen)
 {
-	const SSL_CIPHER *cipher = SSL_get_current_cipher(ssl);
-	const EVP_MD *md = cipher ? SSL_CIPHER_get_handshake_digest(cipher) : NULL;
+	const EVP_MD *md = secret->md;
 	unsigned char *cur = tx ? secret->server : secret->client;
 	unsigned char next[EVP_MAX_MD_SIZE];
 	int rc = -1;
@@ -312,7 +316,7 @@ int sluice_ktls_rekey(SSL *ssl, int fd, struct sluice_ktls_secret *secret, bool 
 		snprintf(why, whylen, "HKDF-Expand-Label failed");
 		goto out;
 	}
-	if (install13(ssl, fd, next, secret->len, tx ? TLS_TX : TLS_RX, why, whylen) < 0)
+	if (install13(secret, fd, next, tx ? TLS_TX : TLS_RX, why, whylen) < 0)
 		goto out;
 	memcpy(cur, next, secret->len);
 	rc = 0;

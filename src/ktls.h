@@ -11,6 +11,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 #include <openssl/evp.h>
@@ -36,6 +37,8 @@ struct sluice_ktls_secret {
 	unsigned char server[EVP_MAX_MD_SIZE];  /* server_application_traffic_secret_N */
 	size_t len;                             /* both: the suite's hash length; 0 = none */
 	bool have_server;
+	const EVP_MD *md;                       /* the suite's hash, set by sluice_ktls_engage */
+	uint16_t suite;                         /* its TLS 1.3 id, e.g. 0x1301 */
 };
 
 /* Whether the running kernel offers the tls ULP; if not, why (for the one
@@ -55,8 +58,9 @@ int sluice_ktls_attach(SSL *ssl, struct sluice_ktls_secret *secret);
 /* After SSL_accept() succeeded: report what OpenSSL offloaded and, for TLS
  * 1.3 with send offloaded, install the receive key.  *tx / *rx say what is
  * in the kernel afterwards; when rx could not be installed, why says why.
- * The secret is left to the caller, to wipe or to keep for rekeying. */
-void sluice_ktls_engage(SSL *ssl, int fd, const struct sluice_ktls_secret *secret, bool *tx, bool *rx,
+ * Records the suite in the secret, which is left to the caller, to wipe or
+ * to keep for rekeying (which then needs no SSL object). */
+void sluice_ktls_engage(SSL *ssl, int fd, struct sluice_ktls_secret *secret, bool *tx, bool *rx,
                         char *why, size_t whylen);
 
 /* TLS 1.3 KeyUpdate (RFC 8446 4.6.3) on a socket with both directions in
@@ -67,8 +71,7 @@ void sluice_ktls_engage(SSL *ssl, int fd, const struct sluice_ktls_secret *secre
  * tx right after our own KeyUpdate went out under the old key.  On failure
  * the secret is unchanged, why says why, and the kernel keeps the old key
  * (tx) or stays paused (rx): the connection cannot go on. */
-int sluice_ktls_rekey(SSL *ssl, int fd, struct sluice_ktls_secret *secret, bool tx,
-                      char *why, size_t whylen);
+int sluice_ktls_rekey(int fd, struct sluice_ktls_secret *secret, bool tx, char *why, size_t whylen);
 /* Sends KeyUpdate(update_not_requested) as a handshake record under the
  * current send key.  0, or -1 with errno (EAGAIN: send buffer full; nothing
  * was sent). */

@@ -126,6 +126,7 @@ struct sluice_side {
 	bool keyupdate_owed;           /* kTLS: the peer asked for our KeyUpdate; it must
 	                                  precede our next data record (RFC 8446 4.6.3) */
 	bool linger;                   /* close by draining what we sent (see sluice_linger) */
+	bool close_notify_sent;        /* kTLS: our close_notify went out through the kernel */
 };
 
 /* One direction of the relay: bytes from src to dst. */
@@ -180,6 +181,8 @@ struct sluice_conn {
 	bool admitted;
 	bool ticket_admitted;          /* admitted from a cached session's certificate */
 	bool resumed;                  /* the handshake resumed a session */
+	uint8_t sess_id_len;           /* kTLS both ways: the session's ID, kept when the */
+	unsigned char sess_id[SSL_MAX_SSL_SESSION_ID_LENGTH]; /* SSL object went (see conn.c) */
 	uint32_t key_updates;          /* client KeyUpdates followed in the kernel */
 	uint32_t keyupdate_streak;     /* ...in a row with no application data between */
 	uint64_t keyupdate_streak_at;  /* c2u bytes at the last one */

@@ -265,6 +265,7 @@ static int flow_shutdown_dst(struct sluice_conn *c, struct sluice_flow *f)
 				return SLUICE_AGAIN;
 			return flow_fail(c, f->dst, "close_notify", errno);
 		}
+		f->dst->close_notify_sent = true;
 	} else if (shutdown(f->dst->io.fd, SHUT_WR) < 0 && errno != ENOTCONN) {
 		/* Plain TCP, or TLS that ended without close_notify (OpenSSL
 		 * won't write any more, so a FIN is all that can be said).
@@ -651,7 +652,7 @@ static int ktls_keyupdate_close(struct sluice_side *s)
 		ERR_clear_error();
 	} else {
 		/* Best effort: a full send buffer only costs the alert. */
-		(void)sluice_ktls_send_alert(s->io.fd, 1, 0);
+		s->close_notify_sent = sluice_ktls_send_alert(s->io.fd, 1, 0) == 0;
 	}
 	s->tls_broken = true;
 	/* The client goes on sending under its new key; closing with that
@@ -684,7 +685,7 @@ static int ktls_keyupdate_answer(struct sluice_conn *c, struct sluice_side *s)
 		return flow_fail(c, s, "write", errno);
 	}
 	s->keyupdate_owed = false;
-	if (sluice_ktls_rekey(s->ssl, s->io.fd, c->secret, true, why, sizeof(why)) < 0) {
+	if (sluice_ktls_rekey(s->io.fd, c->secret, true, why, sizeof(why)) < 0) {
 		/* Our KeyUpdate is out: the peer now rejects anything under
 		 * the old key, close_notify included.  Only a reset is left. */
 		s->tls_broken = true;
@@ -727,7 +728,7 @@ static int ktls_keyupdate_take(struct sluice_conn *c, struct sluice_flow *f, con
 		                   SLUICE_KTLS_MAX_KEYUPDATES);
 		return SLUICE_ERR;
 	}
-	if (sluice_ktls_rekey(s->ssl, s->io.fd, c->secret, false, why, sizeof(why)) < 0) {
+	if (sluice_ktls_rekey(s->io.fd, c->secret, false, why, sizeof(why)) < 0) {
 		c->result = "ktls_rekey_failed";
 		sluice_conn_detail(c, "receive key after the client's KeyUpdate: %s", why);
 		return ktls_keyupdate_close(s);

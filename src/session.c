@@ -214,6 +214,21 @@ static void remove_cb(SSL_CTX *ctx, SSL_SESSION *sess)
 	free_entries(e);
 }
 
+void sluice_session_forget(SSL_CTX *ctx, const unsigned char *id, unsigned len)
+{
+	struct cache *k = cache_of(ctx);
+	struct entry *e;
+
+	if (!k || len == 0 || len > SSL_MAX_SSL_SESSION_ID_LENGTH)
+		return;
+	pthread_mutex_lock(&k->lock);
+	e = *find_slot(k, id, len);
+	if (e)
+		unlink_entry(k, e);
+	pthread_mutex_unlock(&k->lock);
+	free_entries(e);
+}
+
 static void cache_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
 {
 	struct cache *k = ptr;

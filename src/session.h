@@ -24,6 +24,11 @@ typedef int (*sluice_session_admit_fn)(SSL *ssl, SSL_SESSION *sess);
 int sluice_session_cache_attach(SSL_CTX *ctx, size_t max_entries, sluice_session_admit_fn admit,
                                 char *err, size_t errlen);
 
+/* Drops the session with this ID from ctx's cache, if there: what OpenSSL's
+ * SSL_free does for a connection that did not send close_notify, for a
+ * connection whose SSL object went away before its end (kTLS both ways). */
+void sluice_session_forget(SSL_CTX *ctx, const unsigned char *id, unsigned len);
+
 /* Sessions now held by ctx's cache (0 without one): for tests. */
 size_t sluice_session_cache_count(SSL_CTX *ctx);
 
