@@ -17,17 +17,23 @@
 #     pipe -> socket each count, so 2 per byte moved; zero-copy)
 # Start-up (config and certificate files) and the handshake are included;
 # at 64 MiB they are noise. Timings under TCG mean nothing and are not shown.
-# Settings (*.env FILE): SIZE (64M), VERSION (1.3), CIPHER (TLS_AES_128_GCM_SHA256).
+# Then, when build/tools/loadgen is among the files, idle memory: sluice's
+# VmRSS growth per connection while loadgen holds $IDLE_N idle TLS
+# $VERSION connections, for tls.ktls auto (tickets on and off) and off,
+# after 20 warm-up connections (one-time allocations out of the delta).
+# Settings (*.env FILE): SIZE (64M), VERSION (1.3), CIPHER (TLS_AES_128_GCM_SHA256),
+# IDLE_N (400).
 . /guest-lib.sh
 
-SIZE=64M VERSION=1.3 CIPHER=TLS_AES_128_GCM_SHA256
-SLUICE= ECHO= CLIENT= STRACE= CERTS=
+SIZE=64M VERSION=1.3 CIPHER=TLS_AES_128_GCM_SHA256 IDLE_N=400
+SLUICE= ECHO= CLIENT= STRACE= CERTS= LOADGEN=
 for f in "$@"; do
 	case "$f" in
 	*/sluice) SLUICE=$f ;;
 	*/echo) ECHO=$f ;;
 	*/client) CLIENT=$f ;;
 	*/strace) STRACE=$f ;;
+	*/loadgen) LOADGEN=$f ;;
 	*.env) . "$f" ;;
 	*) [ -d "$f" ] && [ -f "$f/ca.pem" ] && CERTS=$f ;;
 	esac
@@ -103,6 +109,43 @@ done
 echo
 echo "== comparison (per MiB moved through sluice)"
 for mode in auto off; do table $mode; done 2>/dev/null | grep '^SUMMARY' | sed 's/^SUMMARY /   /'
+
+# idle MODE TICKETS: VmRSS growth of sluice per idle connection
+rss() { awk '/^VmRSS:/ { print $2 * 1024 }' /proc/$1/status; }
+idle() {
+	local mode=$1 tk=$2 cfg=/tmp/idle.yaml spid lpid r0 r1 fifo=/tmp/idle.hold n=0
+	local tls="--tls --ca $CERTS/ca.pem --cert $CERTS/alice.pem --key $CERTS/alice.key --tls-version $VERSION"
+	sluice_config "$cfg" "$mode" 1
+	sed -i "s/ktls: $mode }/ktls: $mode, tickets: $tk }/" "$cfg"
+	"$SLUICE" run -c "$cfg" 2>/tmp/sluice-idle.log &
+	spid=$!
+	waitport $LPORT 60 || { cat /tmp/sluice-idle.log; return 1; }
+	# shellcheck disable=SC2086 # $tls is a list of options
+	"$LOADGEN" idle --connect 127.0.0.1:$LPORT $tls --conns 20 --parallel 2 --seconds 60 --hold 0 </dev/null >/dev/null
+	sleep 2
+	r0=$(rss $spid)
+	rm -f $fifo /tmp/idle.out; mkfifo $fifo
+	# loadgen holds the connections until its stdin (the fifo) closes.
+	# shellcheck disable=SC2086
+	"$LOADGEN" idle --connect 127.0.0.1:$LPORT $tls --conns "$IDLE_N" --parallel 4 --seconds 300 \
+		--hold 300 <$fifo >/tmp/idle.out &
+	lpid=$!
+	exec 7>$fifo
+	while [ ! -s /tmp/idle.out ] && [ $n -lt 600 ]; do sleep 0.5; n=$((n + 1)); done
+	sleep 3
+	r1=$(rss $spid)
+	exec 7>&-
+	wait $lpid
+	kill -TERM $spid; wait $spid
+	printf "   %-6s %-8s %-40s %12d\n" "$mode" "$tk" "$(cat /tmp/idle.out)" $(( (r1 - r0) / IDLE_N ))
+}
+if [ -n "$LOADGEN" ]; then
+	ulimit -n 8192
+	echo
+	echo "== idle: $IDLE_N TLS $VERSION connections held; sluice VmRSS growth per connection (bytes)"
+	printf "   %-6s %-8s %-40s %12s\n" ktls tickets loadgen "B/conn"
+	idle auto on; idle auto off; idle off on
+fi
 kill $EPID 2>/dev/null
 echo "tls_stat: $(tls_stat)"
 exit 0
