@@ -149,6 +149,11 @@ static int accept_all(int ok, X509_STORE_CTX *ctx)
 	return 1;
 }
 
+/* The server's session ID of the last connect_once(): what sluice keeps
+ * when kTLS lets it free the SSL object early. */
+static unsigned char last_sid[SSL_MAX_SSL_SESSION_ID_LENGTH];
+static unsigned last_sid_len;
+
 /* One connection: handshake, and a byte each way so the TLS 1.3 ticket
  * (sent after the handshake) reaches the client.  Returns the client's
  * session for the next connection (a reference) and whether this one
@@ -185,6 +190,12 @@ static SSL_SESSION *connect_once(SSL_CTX *sctx, SSL_CTX *cctx, SSL_SESSION *offe
 	*resumed = SSL_session_reused(s) == 1;
 	assert_int_equal(SSL_session_reused(c), *resumed);
 	got = SSL_get1_session(c);
+	{
+		const unsigned char *id = SSL_SESSION_get_id(SSL_get_session(s), &last_sid_len);
+
+		assert_true(last_sid_len > 0 && last_sid_len <= sizeof(last_sid));
+		memcpy(last_sid, id, last_sid_len);
+	}
 	/* A clean close: OpenSSL drops the session of a connection freed
 	 * without close_notify from the cache (ssl_clear_bad_session). */
 	(void)SSL_shutdown(s);
@@ -265,6 +276,52 @@ static void test_cache_bound(void **state)
 	SSL_CTX_free(sctx);
 }
 
+/* sluice_session_forget: the rule OpenSSL applies in SSL_free (no
+ * close_notify sent: the session goes), applied by ID at close for a
+ * connection whose SSL object is long gone.  The session of the other
+ * connection stays; an unknown ID is a no-op. */
+static void forget_round(int version)
+{
+	SSL_CTX *sctx = server_ctx(false, true), *cctx = client_ctx(version);
+	SSL_SESSION *a, *b, *next;
+	unsigned char a_sid[SSL_MAX_SSL_SESSION_ID_LENGTH], none[8] = { 0 };
+	unsigned a_len;
+	bool resumed;
+
+	admit_answer = 0;
+	a = connect_once(sctx, cctx, NULL, &resumed);
+	memcpy(a_sid, last_sid, last_sid_len);
+	a_len = last_sid_len;
+	b = connect_once(sctx, cctx, NULL, &resumed);
+	assert_int_equal(sluice_session_cache_count(sctx), 2);
+	sluice_session_forget(sctx, none, sizeof(none));
+	assert_int_equal(sluice_session_cache_count(sctx), 2);
+	sluice_session_forget(sctx, a_sid, a_len);
+	assert_int_equal(sluice_session_cache_count(sctx), 1);
+	next = connect_once(sctx, cctx, a, &resumed);
+	assert_false(resumed);
+	SSL_SESSION_free(next);
+	next = connect_once(sctx, cctx, b, &resumed);
+	assert_true(resumed);
+	SSL_SESSION_free(next);
+	SSL_SESSION_free(a);
+	SSL_SESSION_free(b);
+	SSL_CTX_free(cctx);
+	SSL_CTX_free(sctx);
+}
+
+static void test_forget_tls13(void **state)
+{
+	(void)state;
+	forget_round(TLS1_3_VERSION);
+}
+
+static void test_forget_tls12(void **state)
+{
+	(void)state;
+	forget_round(TLS1_2_VERSION);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -275,6 +332,8 @@ int main(void)
 		cmocka_unit_test(test_resume_tls13),
 		cmocka_unit_test(test_resume_tls12),
 		cmocka_unit_test(test_cache_bound),
+		cmocka_unit_test(test_forget_tls13),
+		cmocka_unit_test(test_forget_tls12),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
