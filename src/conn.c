@@ -63,6 +63,25 @@ static void conn_arm(struct sluice_conn *c, uint64_t when)
 		sluice_log(SLUICE_LOG_WARN, "timer", "cannot arm a deadline: out of memory");
 }
 
+/* The client's names: allocated when a certificate (or the source address)
+ * is read, freed once admission is final, so an established connection
+ * does not carry them. NULL on allocation failure. */
+static struct sluice_identity *conn_id(struct sluice_conn *c)
+{
+	if (!c->id)
+		c->id = calloc(1, sizeof(*c->id));
+	return c->id;
+}
+
+static void conn_id_drop(struct sluice_conn *c)
+{
+	if (!c->id)
+		return;
+	sluice_identity_clear(c->id);
+	free(c->id);
+	c->id = NULL;
+}
+
 static void conn_secret_drop(struct sluice_conn *c)
 {
 	if (!c->secret)
@@ -293,7 +312,7 @@ void sluice_conn_close(struct sluice_conn *c, const char *result, const char *de
 		sluice_limits_release(w->proxy->limits, c->limit_ref);
 		c->limit_ref = NULL;
 	}
-	sluice_identity_clear(&c->id);
+	conn_id_drop(c);
 	conn_secret_drop(c);
 	free(c->id_name);
 	free(c->ktls_why);
@@ -323,7 +342,9 @@ static int conn_set_id_name(struct sluice_conn *c, const struct sluice_client_cf
 {
 	char buf[SLUICE_ID_NAME_LEN];
 
-	sluice_identity_name(&c->id, matched, buf, sizeof(buf));
+	if (!c->id)
+		return -1;
+	sluice_identity_name(c->id, matched, buf, sizeof(buf));
 	free(c->id_name);
 	c->id_name = strdup(buf);
 	return c->id_name ? 0 : -1;
@@ -338,7 +359,12 @@ static int conn_admit(struct sluice_conn *c)
 	enum sluice_limit_result lr;
 	int idx;
 
-	idx = sluice_identity_find_client(cfg, &c->id);
+	if (!c->id) {
+		c->result = "internal";
+		sluice_conn_detail(c, "out of memory reading identity");
+		return -1;
+	}
+	idx = sluice_identity_find_client(cfg, c->id);
 	if (idx < 0) {
 		(void)conn_set_id_name(c, NULL);  /* only for the log line */
 		c->result = "unauthorized";
@@ -397,7 +423,7 @@ static void conn_unadmit(struct sluice_conn *c)
 		sluice_limits_release(c->w->proxy->limits, c->limit_ref);
 		c->limit_ref = NULL;
 	}
-	sluice_identity_clear(&c->id);
+	conn_id_drop(c);
 	free(c->id_name);
 	free(c->detail);
 	c->id_name = c->detail = NULL;
@@ -427,7 +453,7 @@ int sluice_conn_resume_admit(SSL *ssl, SSL_SESSION *sess)
 	if (!c || !peer || c->admitted || !sluice_tls_cert_current(peer) ||
 	    sluice_tls_revoked(SSL_get_SSL_CTX(ssl), peer))
 		return -1;
-	if (sluice_identity_from_cert(&c->id, peer) < 0) {
+	if (!conn_id(c) || sluice_identity_from_cert(c->id, peer) < 0) {
 		conn_unadmit(c);
 		return -1;
 	}
@@ -462,7 +488,7 @@ int sluice_conn_verify_cb(int preverify_ok, X509_STORE_CTX *ctx)
 	 * line says who was refused (a revoked CN=mallory, not just "revoked").
 	 * They are only used for admission once the chain verified. */
 	if (depth == 0 && !c->id_read) {
-		if (sluice_identity_from_cert(&c->id, X509_STORE_CTX_get_current_cert(ctx)) < 0) {
+		if (!conn_id(c) || sluice_identity_from_cert(c->id, X509_STORE_CTX_get_current_cert(ctx)) < 0) {
 			c->result = "internal";
 			sluice_conn_detail(c, "out of memory reading identity");
 			goto refuse;
@@ -475,7 +501,7 @@ int sluice_conn_verify_cb(int preverify_ok, X509_STORE_CTX *ctx)
 		if (!c->id_read) {
 			X509 *leaf = X509_STORE_CTX_get0_cert(ctx);
 
-			if (leaf && sluice_identity_from_cert(&c->id, leaf) == 0) {
+			if (leaf && conn_id(c) && sluice_identity_from_cert(c->id, leaf) == 0) {
 				c->id_read = true;
 				(void)conn_set_id_name(c, NULL);
 			}
@@ -585,6 +611,7 @@ static void conn_handshake(struct sluice_conn *c)
 			return;
 		}
 		c->resumed = SSL_session_reused(c->client.ssl) == 1;
+		conn_id_drop(c);   /* admitted for good: id_name says who from here */
 		if (conn_ktls_engage(c) < 0)
 			return;
 		if (!c->client.ssl) {   /* kTLS both ways: OpenSSL is done */
@@ -948,11 +975,13 @@ void sluice_conn_accept(struct sluice_listener *l, int fd, const struct sluice_s
 	}
 
 	if (lc->mode == SLUICE_MODE_TCP) {
-		sluice_identity_from_peer(&c->id, (struct sockaddr *)&peer->ss);
+		if (conn_id(c))
+			sluice_identity_from_peer(c->id, (struct sockaddr *)&peer->ss);
 		if (conn_admit(c) < 0) {
 			sluice_conn_close(c, c->result, NULL);
 			return;
 		}
+		conn_id_drop(c);
 		conn_connect_next(c);
 		return;
 	}

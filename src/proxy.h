@@ -173,7 +173,8 @@ struct sluice_conn {
 	const char *tls_version;       /* OpenSSL's static strings, kept for the log */
 	const char *cipher;            /* line after the SSL object is gone (kTLS) */
 
-	struct sluice_identity id;
+	struct sluice_identity *id;    /* the client's names (424 B), held only from the
+	                                  handshake until admission is final */
 	bool id_read;                  /* id holds the client certificate's names */
 	int client_idx;                /* clients[] entry, -1 until matched */
 	char *id_name;                 /* "CN=alice": log name and limit key */
