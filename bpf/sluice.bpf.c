@@ -93,6 +93,7 @@ struct {
 struct tcp_sock {
 	__u32 write_seq;
 	__u32 copied_seq;
+	__u32 rcv_nxt;
 } __attribute__((preserve_access_index));
 /* An skb's control block starts with TCP's struct tcp_skb_cb, whose first
  * field is the skb's sequence number (include/net/tcp.h). */
@@ -303,34 +304,56 @@ static __always_inline void sock_closed(struct bpf_sock_ops *ops)
 	}
 }
 
-/* tcp_current_mss() on a watched socket (HDR_OPT_LEN_CB without an skb):
- * if its direction asked for a pause, take the socket out of
- * sockmap_socks.  That stops its verdict (the kernel restores the plain
- * data_ready), so its bytes stay charged to its receive buffer and TCP
- * closes its window: the sender stops.  It stays in sockmap_peers, so its
- * psock and what is queued on it for sending live on.
+/* A watched socket is about to send a segment (HDR_OPT_LEN_CB): if its
+ * direction asked for a pause, take the socket out of sockmap_socks.  That
+ * stops its verdict (the kernel restores the plain data_ready), so its
+ * bytes stay charged to its receive buffer and TCP closes its window: the
+ * sender stops.  It stays in sockmap_peers, so its psock and what is
+ * queued on it for sending live on.
  *
- * Why here: the delete must run under the socket's lock and outside
- * tcp_read_skb().  A verdict running on another CPU reads the program per
- * skb and drops the skb once it is gone, so a delete from userspace loses
- * data; inside the socket's own data_ready the delete would run within
- * the read loop.  tcp_current_mss() runs under the lock (from
- * tcp_sendmsg_locked: userspace triggers it with a zero-length send, and
- * from softirq transmit paths) and never inside tcp_read_skb(), whose ACKs
- * carry an skb (args[0] 0), filtered out below. */
+ * The delete must run under the socket's lock and outside tcp_read_skb():
+ * the verdict reads the program per skb and drops the skb once it is gone,
+ * so a delete from userspace (racing a read loop on another CPU) or from
+ * inside the loop loses data.  HDR_OPT_LEN_CB always runs under the lock.
+ * Two kinds of call qualify:
+ *
+ * - without an skb (args[0] CURRENT_MSS): tcp_current_mss() from
+ *   tcp_sendmsg_locked(), while the worker's own zero-length send is under
+ *   way (pause_req).  Never inside the read loop.  This is the fallback:
+ *   it waits for the worker's wake-up.
+ * - with an skb (args[0] 0): any segment the source sends, mostly the ACKs
+ *   for the bytes it receives, so the pause follows the soft-cap crossing
+ *   by one segment.  The read loop sends ACKs too (tcp_eat_skb ->
+ *   __tcp_cleanup_rbuf, per skb), and there a delete is safe only at the
+ *   loop's last skb.  The verdict records the source's rcv_nxt (rx_end):
+ *   the loop ends when copied_seq reaches it, and outside a loop (the ACK
+ *   that tcp_rcv_established sends before data_ready, the delayed-ACK
+ *   timer) copied_seq equals the rx_end of the loop before.  So the pause
+ *   is taken only when copied_seq == rx_end; an skb the loop has still to
+ *   read lies beyond copied_seq and below rcv_nxt.
+ *
+ * soft goes 1 -> 2 first (cmpxchg), so userspace's "no pause needed after
+ * all" (1 -> 0) and this pause cannot both win. */
 static __always_inline void sockmap_pause(struct bpf_sock_ops *ops)
 {
 	struct sluice_bpf_pair_sock *me;
 	struct sluice_bpf_pair_dir *d;
 	struct sluice_bpf_pair *p;
+	struct bpf_sock *sk;
 	__u64 cookie;
-	__u32 slot;
+	__u32 slot, by_segment;
 
 	/* Only an ESTABLISHED source: one past it (FIN received, or shut
 	 * down by sluice) could not be put back into sockmap_socks, and
 	 * pausing one that sluice had shut down lost bytes in
 	 * tests/net/sockmap.sh t_51 (docs/architecture.md). */
-	if (ops->args[0] != BPF_WRITE_HDR_TCP_CURRENT_MSS || ops->state != BPF_TCP_ESTABLISHED)
+	if (ops->state != BPF_TCP_ESTABLISHED)
+		return;
+	if (ops->args[0] == 0)
+		by_segment = 1;
+	else if (ops->args[0] == BPF_WRITE_HDR_TCP_CURRENT_MSS)
+		by_segment = 0;
+	else
 		return;
 	cookie = bpf_get_socket_cookie(ops);
 	me = bpf_map_lookup_elem(&sockmap_sock_pair, &cookie);
@@ -341,19 +364,34 @@ static __always_inline void sockmap_pause(struct bpf_sock_ops *ops)
 	if (!p)
 		return;
 	d = &p->dir[me->side & 1];
-	if (p->cookie[me->side & 1] != cookie || p->state != SLUICE_BPF_PAIR_LIVE || !d->soft || d->paused)
+	if (p->cookie[me->side & 1] != cookie || p->state != SLUICE_BPF_PAIR_LIVE ||
+	    *(volatile __u32 *)&d->soft != 1 || d->paused)
 		return;
-	/* Only while sluice's own zero-length send is under way, so a pause
-	 * is always the one the worker decided: tcp_current_mss() also runs
-	 * when the socket transmits (softirq after an ACK, the peer's psock
-	 * worker sending redirected bytes into it).  Those pauses were a
-	 * suspect for the two-way corruption (docs/architecture.md); ruling
-	 * them out did not stop it. */
-	if (!d->pause_req)
+	if (by_segment) {
+		struct tcp_sock *tp;
+
+		sk = ops->sk;
+		if (!sk)
+			return;
+		tp = bpf_skc_to_tcp_sock(sk);
+		if (!tp || tp->copied_seq != d->rx_end)
+			return;
+	} else if (!d->pause_req) {
+		/* tcp_current_mss() also runs in transmit paths the worker did
+		 * not start; those pauses were a suspect for the two-way
+		 * corruption (docs/architecture.md), ruled out since, and the
+		 * segment path above now covers them. */
+		return;
+	}
+	if (__sync_val_compare_and_swap(&d->soft, 1, 2) != 1)
 		return;
 	if (bpf_map_delete_elem(&sockmap_socks, &cookie) == 0) {
 		d->pauses++;
+		if (by_segment)
+			d->kpauses++;
 		*(volatile __u32 *)&d->paused = 1;
+	} else {
+		__sync_val_compare_and_swap(&d->soft, 2, 1);
 	}
 }
 
@@ -642,6 +680,19 @@ int sluice_sockmap_verdict(struct __sk_buff *skb)
 		d->trims++;
 		d->trimmed += (__u32)over;
 		len = skb->len;
+	}
+	/* Where this read loop ends (sockmap_pause): rcv_nxt does not move
+	 * while the loop holds the socket's lock. */
+	{
+		struct bpf_sock *src = skb->sk;
+
+		tp = src ? bpf_skc_to_tcp_sock(src) : 0;
+		if (!tp) {
+			sockmap_kill(p, slot, SLUICE_BPF_DEAD_PEER_GONE, dir, d->backlog);
+			__sync_fetch_and_add(&d->dropped, len);
+			return SK_DROP;
+		}
+		d->rx_end = tp->rcv_nxt;
 	}
 	peer_cookie = p->cookie[dir ^ 1];
 	peer = bpf_map_lookup_elem(&sockmap_peers, &peer_cookie);

@@ -157,7 +157,9 @@ struct sluice_bpf_pair_dir {
 	__u32 seq_inited;           /* BPF: seq_base is set */
 	__u32 backlog;              /* BPF: backlog after the last skb (bytes) */
 	__u32 max_backlog;          /* BPF: the largest backlog seen */
-	__u32 soft;                 /* BPF 0->1 past the soft cap (pause requested); userspace 1->0 on resume */
+	__u32 soft;                 /* BPF 0->1 past the soft cap (pause requested); sockops 1->2
+	                               while it pauses (2 stays while paused); userspace -> 0
+	                               on resume, or 1->0 (cmpxchg) when no pause is needed */
 	__u32 paused;               /* sockops 0->1 when it took the source out of sockmap_socks;
 	                               userspace 1->0 just before it puts it back */
 	__u32 pauses;               /* sockops: times the source was paused */
@@ -166,8 +168,12 @@ struct sluice_bpf_pair_dir {
 	__u32 next_seq;             /* BPF: TCP sequence number of the source's next new byte */
 	__u32 next_inited;          /* BPF: next_seq is set */
 	__u32 trims;                /* BPF: skbs whose head repeated bytes already forwarded */
-	__u32 pad;
+	__u32 rx_end;               /* BPF: the source's rcv_nxt when its verdict last ran: the
+	                               end of the read loop under way (sockmap_pause) */
 	__u64 trimmed;              /* BPF: bytes cut off those heads (never forwarded twice) */
+	__u32 kpauses;              /* sockops: pauses taken at a segment the source sent, with
+	                               no userspace involved (part of pauses) */
+	__u32 pad;
 };
 
 /* sockmap_pairs[slot]: mmap'ed by userspace (BPF_F_MMAPABLE). */

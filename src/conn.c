@@ -241,6 +241,7 @@ static void conn_log(struct sluice_conn *c)
 	sluice_logline_str(&l, "datapath", datapath_name(c->datapath));
 	if (c->datapath == SLUICE_DP_SOCKMAP) {
 		sluice_logline_u64(&l, "sockmap_pauses", c->sockmap_pauses);
+		sluice_logline_u64(&l, "sockmap_kernel_pauses", c->sockmap_kpauses);
 		sluice_logline_u64(&l, "sockmap_copied", c->sockmap_copied);
 		sluice_logline_u64(&l, "sockmap_trimmed", c->sockmap_trimmed);
 	}

@@ -157,6 +157,7 @@ struct sluice_conn {
 	/* datapath sockmap, for the close line: times a source was paused,
 	 * and bytes userspace copied (a FIN came while paused). */
 	uint32_t sockmap_pauses;
+	uint32_t sockmap_kpauses;      /* of those, taken by the kernel at a segment (no worker) */
 	uint64_t sockmap_copied;
 	uint64_t sockmap_trimmed;      /* repeated bytes the verdict cut off (sockmap_overlap) */
 

@@ -35,11 +35,16 @@
 #endif
 
 /* Receive buffer of a sockmap socket.  The verdict empties the receive
- * queue as bytes arrive, so this only sizes the window a sender may have
- * in flight, and what a paused source holds before its window closes
- * (about twice this: the kernel doubles it).  On a LAN (tens of
- * microseconds of RTT) 128 KiB still allows several GB/s. */
-#define SOCKMAP_RCVBUF (128 * 1024)
+ * queue as bytes arrive, so this sizes the window a sender may have in
+ * flight, and what a paused source holds before its window closes (about
+ * twice this: the kernel doubles it).  It was 128 KiB while only the
+ * worker could pause (what arrived before its pause grew with the
+ * window); against veth's 64 KiB GRO segments that small a buffer let
+ * silly-window avoidance hold the window shut after each pause (one
+ * stream 0.3 Gbit/s).  Since the kernel pauses at the next segment the
+ * source sends (sockmap_pause in bpf/sluice.bpf.c), 2 MiB: measured on
+ * 6.18 as fast as kernel autotuning, with a bound autotuning lacks. */
+#define SOCKMAP_RCVBUF (2 * 1024 * 1024)
 /* Longest pause between two looks at a pair that is paused or draining. */
 #define POLL_MAX_MS 16
 /* Buffer of a direction's tail copy (see dir_tail). */
@@ -290,7 +295,7 @@ static void dir_pause(struct sluice_sockmap_pair *p, int d)
 {
 	volatile struct sluice_bpf_pair_dir *pd = &pstate(p)->dir[d];
 
-	if (!load32(&pd->soft) || load32(&pd->paused))
+	if (load32(&pd->soft) != 1 || load32(&pd->paused))
 		return;
 	__atomic_store_n(&pd->pause_req, 1, __ATOMIC_RELEASE);
 	(void)send(side_fd(p->c, d), NULL, 0, MSG_DONTWAIT | MSG_NOSIGNAL);
@@ -452,12 +457,18 @@ static int dir_resume_check(struct sluice_sockmap_pair *p, int d)
 	if (dir_backlog(p, d, &bl) < 0)
 		return -1;
 	if (!load32(&pd->paused)) {
+		uint32_t want = 1;
+
 		if (bl > p->sw->sm->soft_cap / 2) {
 			dir_pause(p, d);
 			return 0;
 		}
-		/* The pause never took (or is still to come): re-arm. */
-		__atomic_store_n(&pd->soft, 0, __ATOMIC_RELEASE);
+		/* The pause never took (or is still to come): re-arm.  The
+		 * kernel may be taking it right now (soft 1 -> 2 under the
+		 * source's lock): then the cmpxchg fails, and the next look
+		 * finds the source paused. */
+		if (!__atomic_compare_exchange_n(&pd->soft, &want, 0, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+			return 0;
 		return 1;
 	}
 	if (bl > p->sw->sm->soft_cap / 2)
@@ -902,6 +913,7 @@ void sluice_sockmap_release(struct sluice_conn *c)
 	c->c2u.bytes = load64(&st->dir[0].redirected) + p->tail_sent[0];
 	c->u2c.bytes = load64(&st->dir[1].redirected) + p->tail_sent[1];
 	c->sockmap_pauses = load32(&st->dir[0].pauses) + load32(&st->dir[1].pauses);
+	c->sockmap_kpauses = load32(&st->dir[0].kpauses) + load32(&st->dir[1].kpauses);
 	c->sockmap_copied = p->tail_sent[0] + p->tail_sent[1];
 	c->sockmap_trimmed = load64(&st->dir[0].trimmed) + load64(&st->dir[1].trimmed);
 	/* What this pair still counted in the global backlog. */
