@@ -269,6 +269,17 @@ bool sluice_cidr_list_match(const struct sluice_cidr *list, unsigned n,
 	return false;
 }
 
+void sluice_ipaddr_set(union sluice_ipaddr *out, const struct sockaddr *sa, socklen_t len)
+{
+	memset(out, 0, sizeof(*out));
+	if (sa != NULL && sa->sa_family == AF_INET && len >= sizeof(out->in4))
+		memcpy(&out->in4, sa, sizeof(out->in4));
+	else if (sa != NULL && sa->sa_family == AF_INET6 && len >= sizeof(out->in6))
+		memcpy(&out->in6, sa, sizeof(out->in6));
+	else
+		out->sa.sa_family = AF_UNSPEC;
+}
+
 char *sluice_addr_str(const struct sockaddr *sa, char *buf, size_t len)
 {
 	char host[INET6_ADDRSTRLEN];

@@ -6,10 +6,20 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <netinet/in.h>
 
 struct sluice_sockaddr {
 	struct sockaddr_storage ss;
 	socklen_t len;
+};
+
+/* An IPv4 or IPv6 endpoint in 28 bytes: what each connection keeps of its
+ * client for the log line (a sockaddr_storage is 128, and every byte of an
+ * idle connection counts). */
+union sluice_ipaddr {
+	struct sockaddr sa;
+	struct sockaddr_in in4;
+	struct sockaddr_in6 in6;
 };
 
 struct sluice_cidr {
@@ -34,6 +44,11 @@ int sluice_cidr_parse(const char *s, struct sluice_cidr *out, const char **why);
 bool sluice_cidr_match(const struct sluice_cidr *c, const struct sockaddr *sa);
 bool sluice_cidr_list_match(const struct sluice_cidr *list, unsigned n,
                             const struct sockaddr *sa);
+
+/* sa (len bytes) into out when it is AF_INET or AF_INET6, the only
+ * families a listener accepts; otherwise out becomes AF_UNSPEC, which
+ * sluice_addr_str() prints as "?". */
+void sluice_ipaddr_set(union sluice_ipaddr *out, const struct sockaddr *sa, socklen_t len);
 
 /* "1.2.3.4:5" / "[::1]:5" into buf; returns buf. */
 char *sluice_addr_str(const struct sockaddr *sa, char *buf, size_t len);

@@ -231,7 +231,7 @@ static void conn_log(struct sluice_conn *c)
 		return;
 	sluice_logline_begin(&l, SLUICE_LOG_INFO, "close");
 	sluice_logline_str(&l, "listener", c->l->cfg->name);
-	sluice_logline_str(&l, "client", sluice_addr_str((struct sockaddr *)&c->peer.ss, addr, sizeof(addr)));
+	sluice_logline_str(&l, "client", sluice_addr_str(&c->peer.sa, addr, sizeof(addr)));
 	sluice_logline_str(&l, "identity", c->id_name);
 	sluice_logline_str(&l, "upstream",
 	                   c->server >= 0 ? cfg->upstreams[c->l->cfg->upstream].servers[c->server].address : NULL);
@@ -945,7 +945,7 @@ void sluice_conn_accept(struct sluice_listener *l, int fd, const struct sluice_s
 	}
 	c->w = w;
 	c->l = l;
-	c->peer = *peer;
+	sluice_ipaddr_set(&c->peer, (const struct sockaddr *)&peer->ss, peer->len);
 	c->start_ms = sluice_now_ms();
 	c->client_idx = -1;
 	c->server = -1;

@@ -161,7 +161,7 @@ struct sluice_conn {
 	uint64_t sockmap_copied;
 	uint64_t sockmap_trimmed;      /* repeated bytes the verdict cut off (sockmap_overlap) */
 
-	struct sluice_sockaddr peer;
+	union sluice_ipaddr peer;      /* the client, for the close line */
 	struct sluice_timer timer;     /* the current state's deadline */
 	uint64_t start_ms, last_active_ms;
 	bool moved;                    /* bytes moved during the current pump */

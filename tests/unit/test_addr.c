@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/un.h>
 
 #include <cmocka.h>
 
@@ -278,6 +279,33 @@ static void test_addr_str(void **state)
 	assert_string_equal(sluice_addr_str(NULL, buf, sizeof(buf)), "?");
 }
 
+/* The 28-byte copy a connection keeps prints like the full address, and
+ * anything that is not IPv4/IPv6 (or is cut short) prints as "?". */
+static void test_ipaddr_set(void **state)
+{
+	struct sluice_sockaddr sa;
+	struct sockaddr_un un = { .sun_family = AF_UNIX };
+	union sluice_ipaddr ip;
+	char buf[64];
+	const char *why;
+	(void)state;
+
+	assert_int_equal(sizeof(ip), sizeof(struct sockaddr_in6));
+	assert_int_equal(sluice_addr_parse("198.18.0.7:443", &sa, &why), 0);
+	sluice_ipaddr_set(&ip, (struct sockaddr *)&sa.ss, sa.len);
+	assert_string_equal(sluice_addr_str(&ip.sa, buf, sizeof(buf)), "198.18.0.7:443");
+	assert_int_equal(sluice_addr_parse("[2001:db8::1:2]:65535", &sa, &why), 0);
+	sluice_ipaddr_set(&ip, (struct sockaddr *)&sa.ss, sa.len);
+	assert_string_equal(sluice_addr_str(&ip.sa, buf, sizeof(buf)), "[2001:db8::1:2]:65535");
+	/* A v6 address whose length says v4-sized is not trusted. */
+	sluice_ipaddr_set(&ip, (struct sockaddr *)&sa.ss, sizeof(struct sockaddr_in));
+	assert_int_equal(ip.sa.sa_family, AF_UNSPEC);
+	sluice_ipaddr_set(&ip, (struct sockaddr *)&un, sizeof(un));
+	assert_string_equal(sluice_addr_str(&ip.sa, buf, sizeof(buf)), "?");
+	sluice_ipaddr_set(&ip, NULL, 0);
+	assert_string_equal(sluice_addr_str(&ip.sa, buf, sizeof(buf)), "?");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -288,6 +316,7 @@ int main(void)
 		cmocka_unit_test(test_cidr_match),
 		cmocka_unit_test(test_cidr_list_match),
 		cmocka_unit_test(test_addr_str),
+		cmocka_unit_test(test_ipaddr_set),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
