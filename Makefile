@@ -127,7 +127,7 @@ vm-rekey: all $(VM_CERTS)/ca.pem
 	  $(BUILD)/tools/client /usr/bin/jq $(VM_CERTS) $(BUILD)/vm-rekey.env
 # syscalls and userspace-copied bytes per MiB, ktls vs userspace (docs/bench.md)
 vm-measure: all $(VM_CERTS)/ca.pem
-	tests/vm/run.sh tests/vm/measure.sh $(BUILD)/sluice $(BUILD)/tools/echo $(BUILD)/tools/client /usr/bin/strace \
+	VM_TIMEOUT=1200 tests/vm/run.sh tests/vm/measure.sh $(BUILD)/sluice $(BUILD)/tools/echo $(BUILD)/tools/client /usr/bin/strace \
 	  $(BUILD)/tools/loadgen $(VM_CERTS)
 
 valgrind: $(UNITS)
