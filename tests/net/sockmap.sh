@@ -342,7 +342,7 @@ sm_soak() {
 	bad=$(closes '(.listener=="sm" or .listener=="stalling") and .result!="ok"' | wc -l)
 	copied=$(closes '.listener=="sm" or .listener=="stalling"' | jq -s '[.[].sockmap_copied] | add')
 	trimmed=$(closes '.listener=="sm" or .listener=="stalling"' | jq -s '[.[].sockmap_trimmed] | add')
-	log "   $n x $size: $((SECONDS - t0)) s, $(sm_pauses) pauses, largest backlog $(sm_max_backlog) bytes, $copied bytes tail-copied, $trimmed repeated bytes cut off, $bad not ok"
+	log "   $n x $size: $((SECONDS - t0)) s, $(sm_pauses) pauses ($(sm_kpauses) by the kernel), largest backlog $(sm_max_backlog) bytes, $copied bytes tail-copied, $trimmed repeated bytes cut off, $bad not ok"
 	[ "$bad" = 0 ] || { closes '.result!="ok"' >&2; return 1; }
 	fault_stop
 	sluice_stop
