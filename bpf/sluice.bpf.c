@@ -339,7 +339,6 @@ static __always_inline void sockmap_pause(struct bpf_sock_ops *ops)
 	struct sluice_bpf_pair_sock *me;
 	struct sluice_bpf_pair_dir *d;
 	struct sluice_bpf_pair *p;
-	struct bpf_sock *sk;
 	__u64 cookie;
 	__u32 slot, by_segment;
 
@@ -368,12 +367,9 @@ static __always_inline void sockmap_pause(struct bpf_sock_ops *ops)
 	    *(volatile __u32 *)&d->soft != 1 || d->paused)
 		return;
 	if (by_segment) {
-		struct tcp_sock *tp;
+		struct bpf_sock *sk = ops->sk;
+		struct tcp_sock *tp = sk ? bpf_skc_to_tcp_sock(sk) : 0;
 
-		sk = ops->sk;
-		if (!sk)
-			return;
-		tp = bpf_skc_to_tcp_sock(sk);
 		if (!tp || tp->copied_seq != d->rx_end)
 			return;
 	} else if (!d->pause_req) {
@@ -585,7 +581,8 @@ static __always_inline void sockmap_kill(struct sluice_bpf_pair *p, __u32 slot, 
  * The sequence number is read from TCP's control block in the skb; ctx is
  * the kernel's sk_buff, read with bpf_probe_read_kernel (CAP_PERFMON),
  * which works on 6.1 where bpf_cast_to_kern_ctx() does not exist yet. */
-static __always_inline __s32 sockmap_overlap(struct __sk_buff *skb, struct sluice_bpf_pair_dir *d, __u32 *end)
+static __always_inline __s32 sockmap_overlap(struct __sk_buff *skb, const struct tcp_sock *src,
+                                             struct sluice_bpf_pair_dir *d, __u32 *end)
 {
 	__u32 seq, over;
 
@@ -595,15 +592,7 @@ static __always_inline __s32 sockmap_overlap(struct __sk_buff *skb, struct sluic
 		/* The first skb the verdict sees: the stream is where the
 		 * source's reader is (nothing read before the insert is
 		 * forwarded). */
-		struct bpf_sock *sk = skb->sk;
-		struct tcp_sock *tp;
-
-		if (!sk)
-			return -1;
-		tp = bpf_skc_to_tcp_sock(sk);
-		if (!tp)
-			return -1;
-		d->next_seq = tp->copied_seq;
+		d->next_seq = src->copied_seq;
 		d->next_inited = 1;
 	}
 	*end = seq + skb->len;
@@ -637,7 +626,7 @@ int sluice_sockmap_verdict(struct __sk_buff *skb)
 	struct sluice_bpf_pair_sock *me;
 	struct sluice_bpf_pair_dir *d;
 	struct sluice_bpf_pair *p;
-	struct tcp_sock *tp;
+	struct tcp_sock *tp, *src;
 	struct bpf_sock *peer;
 	__u64 cookie, peer_cookie;
 	__u32 len = skb->len, zero = 0, slot, dir, wseq, backlog, end;
@@ -670,7 +659,14 @@ int sluice_sockmap_verdict(struct __sk_buff *skb)
 		__sync_fetch_and_add(&d->dropped, len);
 		return SK_DROP;
 	}
-	over = sockmap_overlap(skb, d, &end);
+	/* The source's own TCP state: where its stream and its read loop
+	 * are (sockmap_overlap, rx_end below). */
+	{
+		struct bpf_sock *sk = skb->sk;
+
+		src = sk ? bpf_skc_to_tcp_sock(sk) : 0;
+	}
+	over = src ? sockmap_overlap(skb, src, d, &end) : -1;
 	if (over < 0 || (over > 0 && sockmap_trim(skb, (__u32)over) < 0)) {
 		sockmap_kill(p, slot, SLUICE_BPF_DEAD_SEQ, dir, d->backlog);
 		__sync_fetch_and_add(&d->dropped, len);
@@ -683,17 +679,7 @@ int sluice_sockmap_verdict(struct __sk_buff *skb)
 	}
 	/* Where this read loop ends (sockmap_pause): rcv_nxt does not move
 	 * while the loop holds the socket's lock. */
-	{
-		struct bpf_sock *src = skb->sk;
-
-		tp = src ? bpf_skc_to_tcp_sock(src) : 0;
-		if (!tp) {
-			sockmap_kill(p, slot, SLUICE_BPF_DEAD_PEER_GONE, dir, d->backlog);
-			__sync_fetch_and_add(&d->dropped, len);
-			return SK_DROP;
-		}
-		d->rx_end = tp->rcv_nxt;
-	}
+	d->rx_end = src->rcv_nxt;
 	peer_cookie = p->cookie[dir ^ 1];
 	peer = bpf_map_lookup_elem(&sockmap_peers, &peer_cookie);
 	if (!peer) {
